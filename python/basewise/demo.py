@@ -1,6 +1,6 @@
 """The bundled default: a tiny CNN that recognises a GATA-like motif, and a sequence holding it.
 
-The model (:class:`MotifCNN`, about 1.3 k parameters, weights in ``basewise/data/demo_model.pt``)
+The model (:class:`MotifCNN`, 737 parameters, weights in ``basewise/data/demo_model.pt``)
 was trained by ``scripts/train_demo_model.py`` in a few seconds on the CPU to tell random
 background sequence from sequence with the motif ``AGATAAGG`` planted in it. Its output is the
 logit of "motif present", shaped (B, 1, 1) like a one-task gReLU model. The example sequence
