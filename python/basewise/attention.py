@@ -1,0 +1,624 @@
+"""Attention maps from any transformer, captured with hooks during one forward pass.
+
+:func:`get_attention_scores` is a drop-in replacement for gReLU 1.1.0's
+``grelu.interpret.score.get_attention_scores`` (same signature, shapes and numbers) that also
+works for models gReLU cannot handle. Instead of re-implementing each architecture, it finds the
+attention modules of the model, hooks them, runs the model's own forward once, and stops the
+forward as soon as the last requested block has produced its attention probabilities.
+
+Supported attention modules ("blocks"), found in module-registration order
+(``model.named_modules()``):
+
+* **gReLU's attention** (``grelu.model.layers.Attention`` and anything else with a
+  ``get_attn_scores`` method): the scores are ``module.get_attn_scores(x)`` on the module's input
+  x. In a gReLU transformer block the attention's input is the block's normalised input, so this
+  is exactly gReLU's ``block.mha.get_attn_scores(block.norm(h))``.
+* **torch.nn.MultiheadAttention**, also inside ``nn.TransformerEncoderLayer`` /
+  ``nn.TransformerDecoderLayer`` (which call it with ``need_weights=False``): its call is
+  repeated with ``need_weights=True, average_attn_weights=False`` on the same inputs and masks,
+  which gives torch's own per-head weights (attn_mask, key_padding_mask, causal masks,
+  ``batch_first``, separate ``kdim``/``vdim`` projections all respected). torch's fused
+  encoder-layer fast path skips the attention module, so it is switched off
+  (``torch.backends.mha.set_fastpath_enabled(False)``) for the duration of the call and then
+  restored.
+* **enformer-pytorch's Attention** (recognised by duck typing: class name ``Attention`` with
+  ``to_q``, ``to_k``, ``to_rel_k``, ``rel_content_bias``, ``rel_pos_bias`` and ``attn_dropout``;
+  enformer-pytorch is never imported): the probabilities are the input of its ``attn_dropout``,
+  i.e. softmax(content + relative-position logits), taken directly.
+* **Fused attention** through ``torch.nn.functional.scaled_dot_product_attention`` (which runs the
+  flash / memory-efficient kernels and never materialises the probabilities): modules whose class
+  source mentions ``scaled_dot_product_attention``. During the forward the function is replaced by
+  a wrapper (in ``torch.nn.functional`` and in the defining module's namespace, restored in a
+  ``finally``, and only active for the calling thread) that records q, k, attn_mask, is_causal,
+  scale and enable_gqa and recomputes softmax(q k^T * scale + mask) in float32; the first call
+  inside each such module is its block. The ``flash_attn`` package's own functions are not hooked.
+
+A module nested inside another found module is counted once (the inner one); a module called
+several times in one forward contributes its first call.
+
+Deliberate differences from gReLU 1.1.0 (spec section 7): the model runs in eval mode, under
+``torch.no_grad``, on the model's own device (the input is moved there and cast to the model's
+floating dtype), and every submodule's training flag is restored afterwards, also on error; an
+out-of-range ``block_idx`` raises before any computation; a model without attention raises
+:class:`AttentionNotFoundError` (an ``AttributeError``, as gReLU raised, and a ``ValueError``).
+Only the conv tower and the transformer blocks are run for gReLU models, as in gReLU: the forward
+is stopped before the head.
+
+Example:
+    >>> import torch
+    >>> from basewise.attention import get_attention_scores
+    >>> layer = torch.nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, batch_first=True)
+    >>> model = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 1), _Transpose(), layer)
+    >>> get_attention_scores(model, "ACGTA").shape  # one block, 2 heads, L = 5
+    (1, 2, 5, 5)
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import sys
+import threading
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._model import model_device, model_dtype, preserved_model_state
+from .sequence import to_onehot
+
+__all__ = ["get_attention_scores", "list_attention_blocks", "AttentionNotFoundError"]
+
+SEARCHED = (
+    "torch.nn.MultiheadAttention (also inside nn.TransformerEncoderLayer)",
+    "modules with a get_attn_scores method (gReLU's attention)",
+    "enformer-pytorch Attention modules",
+    "modules whose class calls torch.nn.functional.scaled_dot_product_attention",
+)
+
+
+class AttentionNotFoundError(AttributeError, ValueError):
+    """The model has no attention module that basewise can hook.
+
+    An ``AttributeError`` (what gReLU raises for models without ``transformer_tower``) and a
+    ``ValueError``.
+    """
+
+
+class _StopForward(BaseException):
+    """Raised from a hook once every requested block is captured; caught by the caller.
+
+    A ``BaseException`` so that ``except Exception`` in user forward code does not swallow it.
+    """
+
+
+class _Transpose(nn.Module):
+    """(B, C, L) -> (B, L, C); used in the module docstring example."""
+
+    def forward(self, x):
+        return x.transpose(1, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding attention modules
+# --------------------------------------------------------------------------------------------
+
+_ENFORMER_ATTRS = ("to_q", "to_k", "to_rel_k", "rel_content_bias", "rel_pos_bias", "attn_dropout")
+
+
+def _is_enformer_attention(m: nn.Module) -> bool:
+    return (
+        type(m).__name__ == "Attention"
+        and all(hasattr(m, a) for a in _ENFORMER_ATTRS)
+        and isinstance(getattr(m, "attn_dropout"), nn.Module)
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _class_calls_sdpa(cls: type) -> bool:
+    """True if the source of cls (or a non-torch base class) mentions scaled_dot_product_attention."""
+    for klass in cls.__mro__:
+        if klass is object or (getattr(klass, "__module__", "") or "").split(".")[0] == "torch":
+            continue
+        try:
+            src = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        if "scaled_dot_product_attention" in src:
+            return True
+    return False
+
+
+def _kind(m: nn.Module) -> Optional[str]:
+    if isinstance(m, nn.MultiheadAttention):
+        return "mha"
+    if callable(getattr(m, "get_attn_scores", None)):
+        return "scores"
+    if _is_enformer_attention(m):
+        return "enformer"
+    if _class_calls_sdpa(type(m)):
+        return "sdpa"
+    return None
+
+
+def _find_blocks(model: nn.Module) -> List[Tuple[str, nn.Module, str]]:
+    found = [(name, m, k) for name, m in model.named_modules() for k in [_kind(m)] if k is not None]
+    # Keep the innermost: drop a module that contains another found module.
+    inner = []
+    for name, m, kind in found:
+        others = {id(o) for _, o, _ in found if o is not m}
+        if any(id(sub) in others for sub in m.modules()):
+            continue
+        inner.append((name, m, kind))
+    return inner
+
+
+def list_attention_blocks(model: nn.Module) -> List[Tuple[str, str]]:
+    """The attention blocks :func:`get_attention_scores` indexes, in order.
+
+    Args:
+        model: a ``torch.nn.Module`` (a gReLU LightningModel, a plain transformer, ...).
+
+    Returns:
+        A list of ``(module name, kind)``, kind one of ``"scores"`` (gReLU ``get_attn_scores``),
+        ``"mha"`` (``nn.MultiheadAttention``), ``"enformer"`` (enformer-pytorch ``Attention``) or
+        ``"sdpa"`` (a module calling ``F.scaled_dot_product_attention``). Block index k refers to
+        entry k. Empty if the model has no attention.
+
+    Example:
+        >>> layer = torch.nn.TransformerEncoderLayer(4, 2, batch_first=True)
+        >>> list_attention_blocks(torch.nn.Sequential(layer))
+        [('0.self_attn', 'mha')]
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    return [(name, kind) for name, _, kind in _find_blocks(model)]
+
+
+# --------------------------------------------------------------------------------------------
+# Attention probabilities from captured inputs
+# --------------------------------------------------------------------------------------------
+
+_SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def sdpa_probabilities(query: torch.Tensor, key: torch.Tensor, value: Any = None,
+                       attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                       is_causal: bool = False, scale: Optional[float] = None,
+                       enable_gqa: bool = False) -> torch.Tensor:
+    """The attention probabilities that ``F.scaled_dot_product_attention`` uses (no dropout).
+
+    softmax(q k^T * scale + bias) over keys, in float32, where bias comes from ``attn_mask``
+    (boolean: True = may attend; float: added) and ``is_causal`` (lower-triangular, top-left
+    aligned). With grouped-query attention the key heads are repeated. Rows whose keys are all
+    masked are 0, like torch's math kernel.
+
+    Args:
+        query: (..., H, L, E). key: (..., H_kv, S, E). value: ignored.
+        attn_mask: broadcastable to (..., H, L, S). Default None.
+        dropout_p: ignored (eval mode). Default 0.0.
+        is_causal: Default False. scale: Default None (1 / sqrt(E)). enable_gqa: Default False.
+
+    Returns:
+        float32 (..., H, L, S).
+
+    Example:
+        >>> q = torch.randn(1, 2, 3, 4)
+        >>> sdpa_probabilities(q, q).sum(-1).allclose(torch.ones(1, 2, 3))
+        True
+    """
+    q, k = query.float(), key.float()
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    if q.ndim >= 3 and k.ndim >= 3 and k.shape[-3] != q.shape[-3] and q.shape[-3] % k.shape[-3] == 0:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)  # grouped-query attention
+    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    logits = (q @ k.transpose(-2, -1)) * s  # (..., H, L, S)
+    if is_causal:
+        keep = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril()
+        logits = logits.masked_fill(~keep, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            logits = logits.masked_fill(~attn_mask, float("-inf"))
+        else:
+            logits = logits + attn_mask.float()
+    probs = logits.softmax(dim=-1)
+    dead = torch.isneginf(logits.amax(dim=-1, keepdim=True))  # rows with every key masked
+    return probs.masked_fill(dead, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Capturing
+# --------------------------------------------------------------------------------------------
+
+_TLS = threading.local()  # .capture: the _Capture active in this thread, if any
+
+
+class _Capture:
+    """Collects the probabilities of the requested blocks into one numpy array."""
+
+    def __init__(self, blocks, slots: Dict[int, List[int]], n_slots: int, batch: int,
+                 average_heads: bool, torch_dtype: torch.dtype, np_dtype: np.dtype):
+        self.blocks = blocks
+        self.slots = slots  # block index -> output slots
+        self.n_slots = n_slots
+        self.batch = batch
+        self.average_heads = average_heads
+        self.torch_dtype, self.np_dtype = torch_dtype, np_dtype
+        self.done: set = set()
+        self.out: Optional[np.ndarray] = None
+        self.first_shape: Optional[Tuple[int, Tuple[int, ...]]] = None
+        self.active: List[int] = []  # stack of running block indices (for sdpa attribution)
+        self.thread = threading.get_ident()
+
+    def deliver(self, i: int, probs: torch.Tensor) -> None:
+        if i not in self.slots or i in self.done:
+            return
+        name = self.blocks[i][0]
+        p = probs.detach()
+        if p.ndim < 2 or p.numel() % (self.batch * p.shape[-2] * p.shape[-1]) != 0:
+            raise ValueError(
+                f"block {i} ({name!r}): attention of shape {tuple(p.shape)} does not match "
+                f"batch size {self.batch}"
+            )
+        p = p.reshape(self.batch, -1, p.shape[-2], p.shape[-1])  # (B, H, L', S)
+        if self.average_heads:
+            p = p.float().mean(dim=1)  # (B, L', S)
+        arr = p.to(self.torch_dtype).cpu().numpy()
+        if self.out is None:
+            self.out = np.empty((self.batch, self.n_slots) + arr.shape[1:], dtype=self.np_dtype)
+            self.first_shape = (i, arr.shape[1:])
+        elif arr.shape[1:] != self.out.shape[2:]:
+            j, shape = self.first_shape
+            raise ValueError(
+                f"blocks {j} and {i} have attention of different shapes ({shape} and "
+                f"{arr.shape[1:]}, heads x queries x keys); request them separately with block_idx"
+            )
+        for s in self.slots[i]:
+            self.out[:, s] = arr
+        self.done.add(i)
+        if len(self.done) == len(self.slots):
+            raise _StopForward()
+
+
+def _bind(fn: Callable, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+    return inspect.signature(fn).bind(*args, **kwargs)
+
+
+def _mha_hook(cap: _Capture, i: int):
+    def hook(module, args, kwargs):
+        if i not in cap.slots or i in cap.done:
+            return None
+        try:
+            bound = _bind(module.forward, args, kwargs)
+        except TypeError as e:
+            raise TypeError(f"block {i} ({cap.blocks[i][0]!r}): cannot re-run the attention call: {e}")
+        arguments = dict(bound.arguments)
+        arguments["need_weights"] = True
+        arguments["average_attn_weights"] = False
+        _, weights = module.forward(**arguments)  # (N, H, L, S) or (H, L, S)
+        cap.deliver(i, weights)
+        return None
+
+    return hook
+
+
+def _scores_hook(cap: _Capture, i: int):
+    def hook(module, args, kwargs):
+        if i not in cap.slots or i in cap.done:
+            return None
+        if args:
+            x = args[0]
+        elif kwargs:
+            x = next(iter(kwargs.values()))
+        else:
+            raise ValueError(f"block {i} ({cap.blocks[i][0]!r}) was called without an input")
+        cap.deliver(i, module.get_attn_scores(x))
+        return None
+
+    return hook
+
+
+def _dropout_hook(cap: _Capture, i: int):
+    def hook(module, args):
+        cap.deliver(i, args[0])  # the softmax output, (B, H, L, L)
+        return None
+
+    return hook
+
+
+def _push_hook(cap: _Capture, i: int):
+    def hook(module, args):
+        cap.active.append(i)
+        return None
+
+    return hook
+
+
+def _pop_hook(cap: _Capture, i: int):
+    def hook(module, args, output):
+        if cap.active and cap.active[-1] == i:
+            cap.active.pop()
+        return None
+
+    return hook
+
+
+def _make_sdpa_wrapper(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def scaled_dot_product_attention(*args, **kwargs):
+        cap = getattr(_TLS, "capture", None)
+        if cap is not None and cap.active and cap.thread == threading.get_ident():
+            i = cap.active[-1]
+            if cap.blocks[i][2] == "sdpa" and i in cap.slots and i not in cap.done:
+                params = dict(zip(_SDPA_PARAMS, args))
+                params.update(kwargs)
+                cap.deliver(i, sdpa_probabilities(**params))
+        return original(*args, **kwargs)
+
+    return scaled_dot_product_attention
+
+
+class _SdpaPatch:
+    """Replaces F.scaled_dot_product_attention (and aliases in the given modules) until exit."""
+
+    def __init__(self, module_names: Sequence[str]):
+        self.module_names = sorted(set(module_names))
+        self.saved: List[Tuple[Any, str, Any]] = []
+
+    def __enter__(self):
+        original = F.scaled_dot_product_attention
+        wrapper = _make_sdpa_wrapper(original)
+        targets = [(F, "scaled_dot_product_attention")]
+        for mod_name in self.module_names:
+            mod = sys.modules.get(mod_name)
+            if mod is None or mod is F:
+                continue
+            for attr, val in list(vars(mod).items()):
+                if val is original:
+                    targets.append((mod, attr))
+        try:
+            for obj, attr in targets:
+                self.saved.append((obj, attr, getattr(obj, attr)))
+                setattr(obj, attr, wrapper)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        while self.saved:
+            obj, attr, val = self.saved.pop()
+            setattr(obj, attr, val)
+        return False
+
+
+class _MhaFastpathOff:
+    """Turns off torch's fused transformer fast path (which bypasses the attention module)."""
+
+    def __enter__(self):
+        mha = getattr(torch.backends, "mha", None)
+        self.prev = mha.get_fastpath_enabled() if mha is not None else None
+        if self.prev:
+            mha.set_fastpath_enabled(False)
+        return self
+
+    def __exit__(self, *exc):
+        if self.prev:
+            torch.backends.mha.set_fastpath_enabled(True)
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Public function
+# --------------------------------------------------------------------------------------------
+
+_NP_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32,
+              np.dtype(np.float64): torch.float64}
+
+
+def _resolve_dtype(dtype: Any) -> Tuple[np.dtype, torch.dtype]:
+    if isinstance(dtype, torch.dtype):
+        for np_dt, t_dt in _NP_DTYPES.items():
+            if t_dt == dtype:
+                return np_dt, t_dt
+        raise ValueError(f"dtype: expected float16, float32 or float64 (numpy has no {dtype}), got {dtype}")
+    try:
+        np_dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype: expected a float16, float32 or float64 dtype, got {dtype!r}") from None
+    if np_dt not in _NP_DTYPES:
+        raise ValueError(f"dtype: expected a float16, float32 or float64 dtype, got {np_dt}")
+    return np_dt, _NP_DTYPES[np_dt]
+
+
+def _check_index(value: Any, arg: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{arg}: expected an integer block index, got {value!r}")
+    return int(value)
+
+
+def _normalise(k: int, n: int, blocks, arg: str) -> int:
+    if not -n <= k < n:
+        names = ", ".join(name or "<model>" for name, _, _ in blocks)
+        raise IndexError(
+            f"index {k} is out of range: {arg} must be in [-{n}, {n}) for the {n} attention "
+            f"block(s) found ({names})"
+        )
+    return k % n
+
+
+def _call_model(model: nn.Module, x: torch.Tensor) -> Any:
+    # enformer-pytorch's Enformer takes (B, L, 4); every other model gets (B, 4, L).
+    cls = type(model)
+    if cls.__name__ == "Enformer" and cls.__module__.startswith("enformer_pytorch"):
+        x = x.transpose(1, 2)
+    return model(x)
+
+
+def get_attention_scores(
+    model: nn.Module,
+    seqs: Any,
+    block_idx: Optional[int] = None,
+    genome: Any = None,
+    *,
+    average_heads: bool = False,
+    dtype: Any = np.float32,
+    blocks: Optional[Sequence[int]] = None,
+) -> np.ndarray:
+    """Attention probabilities of a transformer's attention blocks for some sequences.
+
+    Drop-in for gReLU 1.1.0's ``get_attention_scores``: same arguments, shapes and numbers for
+    gReLU transformer models, plus any model whose attention is ``nn.MultiheadAttention``,
+    enformer-pytorch's ``Attention`` or ``F.scaled_dot_product_attention`` (see the module
+    docstring for how each is captured and which modules count as blocks; see
+    :func:`list_attention_blocks` for a model's block list). The model is called once as
+    ``model(x)`` with x the one-hot (B, 4, L) input (enformer-pytorch's ``Enformer`` gets
+    (B, L, 4)), in eval mode, under ``torch.no_grad``, on the model's device; the forward stops
+    right after the last requested block. The model's training flags are restored afterwards.
+
+    Rows are queries, columns keys; each row sums to 1 over the keys. Shapes (H heads, L' the
+    length inside the transformer, S the number of keys, S = L' for self-attention):
+
+    * ``block_idx=None, blocks=None``: (B, n_blocks, H, L', S), every block;
+    * ``block_idx=k``: (B, H, L', S), block k; negative k counts from the end (-1 = last);
+    * ``blocks=[k1, k2, ...]``: (B, len(blocks), H, L', S), in the order given;
+    * the batch axis is dropped when B == 1 (as gReLU does), kept for B > 1;
+    * ``average_heads=True`` drops the H axis (mean over heads).
+
+    Memory: the result takes B * n_blocks * H * L'^2 * itemsize bytes (H = 1 with
+    ``average_heads``; itemsize 2, 4 or 8 for float16/32/64). For example B = 1, 8 blocks,
+    8 heads, L' = 1536 in float32 is 604 MB; ``average_heads=True`` and ``dtype=np.float16``
+    cut that 16-fold. While running, the model's device also holds one block's probabilities in
+    float32, B * H * L'^2 * 4 bytes, besides the model's own activations.
+
+    Args:
+        model: a ``torch.nn.Module`` taking one-hot (B, 4, L) input, such as a gReLU
+            ``LightningModel``; it is not moved.
+        seqs: DNA sequences in any form :func:`basewise.sequence.to_onehot` accepts (strings,
+            index arrays, one-hot tensors or arrays, a DataFrame of intervals with ``genome``).
+        block_idx: one block to return, or None for all. Default None.
+        genome: FASTA path or genome name for interval input. Default None.
+        average_heads: average the probabilities over heads. Keyword-only. Default False.
+        dtype: numpy or torch float dtype of the result (float16, float32 or float64; the
+            probabilities are computed in the model's precision). Keyword-only.
+            Default np.float32.
+        blocks: a list of block indices to return (not together with ``block_idx``).
+            Keyword-only. Default None.
+
+    Returns:
+        np.ndarray of ``dtype`` with the shape described above.
+
+    Raises:
+        AttentionNotFoundError: the model has no supported attention module (names what was
+            searched for); an ``AttributeError`` and a ``ValueError``.
+        IndexError: ``block_idx`` or an entry of ``blocks`` is out of range ("index k is out of
+            range"), raised before any computation.
+        TypeError / ValueError: invalid ``model``, ``seqs``, ``block_idx``, ``blocks`` or
+            ``dtype``.
+        RuntimeError: a requested block was not called during the forward.
+
+    Example:
+        >>> layer = torch.nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, batch_first=True)
+        >>> model = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 1), _Transpose(), layer)
+        >>> a = get_attention_scores(model, ["ACGTA", "GGCCN"], block_idx=-1)
+        >>> a.shape, bool(np.allclose(a.sum(-1), 1, atol=1e-5))
+        ((2, 2, 5, 5), True)
+    """
+    # ---- validation, before any model computation ----
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if block_idx is not None:
+        block_idx = _check_index(block_idx, "block_idx")
+    if blocks is not None:
+        if block_idx is not None:
+            raise ValueError("blocks: give either block_idx or blocks, not both")
+        if isinstance(blocks, (str, bytes)) or not isinstance(blocks, (Sequence, np.ndarray)):
+            raise TypeError(f"blocks: expected a list of integer block indices, got {blocks!r}")
+        blocks = [_check_index(b, "blocks") for b in blocks]
+        if not blocks:
+            raise ValueError("blocks: expected at least one block index, got an empty list")
+    if not isinstance(average_heads, (bool, np.bool_)):
+        raise TypeError(f"average_heads: expected True or False, got {average_heads!r}")
+    np_dtype, torch_dtype = _resolve_dtype(dtype)
+
+    x = to_onehot(seqs, genome)  # (B, 4, L)
+    batch = x.shape[0]
+    if batch == 0:
+        raise ValueError("seqs: expected at least one sequence")
+
+    found = _find_blocks(model)
+    if not found:
+        raise AttentionNotFoundError(
+            f"model: no attention module found in {type(model).__name__}; searched for "
+            + "; ".join(SEARCHED)
+        )
+    n = len(found)
+    if block_idx is not None:
+        requested = [_normalise(block_idx, n, found, "block_idx")]
+    elif blocks is not None:
+        requested = [_normalise(b, n, found, "blocks") for b in blocks]
+    else:
+        requested = list(range(n))
+    slots: Dict[int, List[int]] = {}
+    for s, i in enumerate(requested):
+        slots.setdefault(i, []).append(s)
+
+    # ---- one forward pass with hooks ----
+    cap = _Capture(found, slots, len(requested), batch, bool(average_heads), torch_dtype, np_dtype)
+    kinds = {kind for _, _, kind in found}
+    last = max(slots)
+    handles = []
+    prev_capture = getattr(_TLS, "capture", None)
+    try:
+        for i, (name, m, kind) in enumerate(found):
+            if i > last:
+                break  # blocks after the last requested one are never reached
+            if kind == "mha":
+                handles.append(m.register_forward_pre_hook(_mha_hook(cap, i), with_kwargs=True))
+            elif kind == "scores":
+                handles.append(m.register_forward_pre_hook(_scores_hook(cap, i), with_kwargs=True))
+            elif kind == "enformer":
+                handles.append(m.attn_dropout.register_forward_pre_hook(_dropout_hook(cap, i)))
+            if "sdpa" in kinds:
+                handles.append(m.register_forward_pre_hook(_push_hook(cap, i)))
+                handles.append(m.register_forward_hook(_pop_hook(cap, i), always_call=True))
+        sdpa_modules = [type(m).__module__ for _, m, kind in found if kind == "sdpa"]
+        with preserved_model_state(model), torch.no_grad(), _MhaFastpathOff() if "mha" in kinds else _Null(), \
+                _SdpaPatch(sdpa_modules) if sdpa_modules else _Null():
+            model.eval()
+            x = x.to(device=model_device(model), dtype=model_dtype(model))
+            _TLS.capture = cap
+            try:
+                _call_model(model, x)
+            except _StopForward:
+                pass
+            finally:
+                _TLS.capture = prev_capture
+    finally:
+        for h in handles:
+            h.remove()
+
+    missing = [i for i in slots if i not in cap.done]
+    if missing:
+        names = ", ".join(f"{i} ({found[i][0]!r}, {found[i][2]})" for i in missing)
+        raise RuntimeError(
+            f"model: attention block(s) {names} produced no attention during the forward pass "
+            "(not called, or computed without a supported attention call)"
+        )
+    out = cap.out  # (B, n_slots, [H,] L', S)
+    if block_idx is not None:
+        out = out[:, 0]
+    if batch == 1:
+        out = out[0]
+    return np.ascontiguousarray(out)
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
