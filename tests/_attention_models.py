@@ -232,14 +232,23 @@ class TorchEncoderModel(nn.Module):
     """Conv stem, then ``nn.TransformerEncoder``; optional causal mask and sequence-first layout."""
 
     def __init__(self, dim: int = 8, n_heads: int = 2, n_layers: int = 2, batch_first: bool = True,
-                 causal: bool = False, norm_first: bool = False, dropout: float = 0.1):
+                 causal: bool = False, norm_first: bool = False, dropout: float = 0.1, pad_last: int = 0):
         super().__init__()
         self.stem = nn.Conv1d(4, dim, 3, padding=1)
         layer = nn.TransformerEncoderLayer(dim, n_heads, dim_feedforward=2 * dim, dropout=dropout,
                                            batch_first=batch_first, norm_first=norm_first)
-        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        # With a padding mask, torch's default nested-tensor conversion is kept on purpose.
+        self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=pad_last > 0)
         self.head = nn.Linear(dim, 1)
-        self.batch_first, self.causal = batch_first, causal
+        self.batch_first, self.causal, self.pad_last = batch_first, causal, pad_last
+
+    def padding_mask(self, b: int, n: int, device=None) -> Optional[torch.Tensor]:
+        """(B, L) True = padded key (the last ``pad_last`` positions), or None."""
+        if not self.pad_last:
+            return None
+        mask = torch.zeros(b, n, dtype=torch.bool, device=device)
+        mask[:, n - self.pad_last:] = True
+        return mask
 
     def forward(self, x):  # (B, 4, L)
         h = self.stem(x).transpose(1, 2)  # (B, L, C)
@@ -249,7 +258,8 @@ class TorchEncoderModel(nn.Module):
         if self.causal:
             mask = nn.Transformer.generate_square_subsequent_mask(h.shape[1 if self.batch_first else 0])
             mask = mask.to(h.device, h.dtype)
-        h = self.encoder(h, mask=mask, is_causal=self.causal)
+        pad = self.padding_mask(x.shape[0], x.shape[-1], x.device)
+        h = self.encoder(h, mask=mask, is_causal=self.causal, src_key_padding_mask=pad)
         if not self.batch_first:
             h = h.transpose(0, 1)
         return self.head(h).mean(dim=1)  # (B, 1)

@@ -247,15 +247,18 @@ def encoder_reference(model, x):
         h = model.stem(x).transpose(1, 2)  # (B, L, C)
         n = h.shape[1]
         mask = nn.Transformer.generate_square_subsequent_mask(n) if model.causal else None
+        pad = model.padding_mask(h.shape[0], n)
         out = []
         for layer in model.encoder.layers:
             z = layer.norm1(h) if layer.norm_first else h
             out.append(mha_reference(layer.self_attn, w64(z), w64(z),
-                                     attn_mask=None if mask is None else w64(mask)))
+                                     attn_mask=None if mask is None else w64(mask),
+                                     key_padding_mask=None if pad is None else pad.numpy()))
+            kw = dict(src_mask=mask, is_causal=model.causal, src_key_padding_mask=pad)
             if model.batch_first:
-                h = layer(h, src_mask=mask, is_causal=model.causal)
+                h = layer(h, **kw)
             else:
-                h = layer(h.transpose(0, 1), src_mask=mask, is_causal=model.causal).transpose(0, 1)
+                h = layer(h.transpose(0, 1), **kw).transpose(0, 1)
     return np.stack(out, axis=1)  # (B, n_layers, H, L, L)
 
 
@@ -264,6 +267,7 @@ def encoder_reference(model, x):
     dict(batch_first=False),
     dict(causal=True),
     dict(norm_first=True, n_heads=4, n_layers=3),
+    dict(pad_last=2),  # padding mask: torch would otherwise run its nested-tensor fast path
 ])
 @pytest.mark.parametrize("b", [1, 2])
 def test_torch_encoder_layers(cfg, b):
@@ -348,6 +352,11 @@ def test_sdpa_probabilities_reproduce_torch_kernel():
     for kw in cases:
         p = sdpa_probabilities(q, k, v, **kw)
         torch.testing.assert_close(p @ v, F.scaled_dot_product_attention(q, k, v, **kw), rtol=0, atol=1e-5)
+    dead = torch.ones(6, 5, dtype=torch.bool)
+    dead[2] = False  # query 2 may attend to nothing: torch returns 0 there, and so do we
+    p = sdpa_probabilities(q, k, v, attn_mask=dead)
+    assert torch.all(p[:, :, 2] == 0) and torch.allclose(p[:, :, [0, 1, 3, 4, 5]].sum(-1), torch.ones(2, 4, 5))
+    torch.testing.assert_close(p @ v, F.scaled_dot_product_attention(q, k, v, attn_mask=dead), rtol=0, atol=1e-5)
     kg, vg = k[:, :2], v[:, :2]
     p = sdpa_probabilities(q, kg, vg, enable_gqa=True)
     torch.testing.assert_close(p @ vg.repeat_interleave(2, dim=1),
@@ -610,6 +619,41 @@ def test_other_threads_are_not_captured():
         hook.remove()
     assert out.shape == (2, 2, 7, 7)
     torch.testing.assert_close(results[0], expected)
+
+
+def test_concurrent_calls_in_two_threads():
+    """Two overlapping captures: each gets its own model's maps; every global is restored after."""
+    torch.manual_seed(18)
+    models = [SDPAModel(mask="causal").eval(), SDPAModel(mask="alibi").eval()]
+    for m in models:
+        m.blocks.append(TorchEncoderModel().encoder.layers[0])  # nn.MultiheadAttention too
+    seqs = ["ACGTACGTA", "TTGACCANA"]
+    expected = [get_attention_scores(m, seqs) for m in models]
+    barrier = threading.Barrier(2, timeout=20)
+    results, errors = [None, None], []
+
+    def wait(module, args):
+        barrier.wait()  # both threads are inside their capture here
+
+    def run(k):
+        try:
+            results[k] = get_attention_scores(models[k], seqs)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    hooks = [m.blocks[1].register_forward_pre_hook(wait) for m in models]
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for h in hooks:
+        h.remove()
+    assert not errors, errors
+    for k in range(2):
+        np.testing.assert_array_equal(results[k], expected[k])
+    assert F.scaled_dot_product_attention is torch._C._nn.scaled_dot_product_attention
+    assert torch.backends.mha.get_fastpath_enabled()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -17,10 +17,11 @@ Supported attention modules ("blocks"), found in module-registration order
   ``nn.TransformerDecoderLayer`` (which call it with ``need_weights=False``): its call is
   repeated with ``need_weights=True, average_attn_weights=False`` on the same inputs and masks,
   which gives torch's own per-head weights (attn_mask, key_padding_mask, causal masks,
-  ``batch_first``, separate ``kdim``/``vdim`` projections all respected). torch's fused
-  encoder-layer fast path skips the attention module, so it is switched off
-  (``torch.backends.mha.set_fastpath_enabled(False)``) for the duration of the call and then
-  restored.
+  ``batch_first``, separate ``kdim``/``vdim`` projections all respected). torch's transformer
+  fast paths (the fused encoder layer, and ``nn.TransformerEncoder``'s conversion of padded
+  batches to nested tensors) bypass or change the attention call, so they are switched off with
+  ``torch.backends.mha.set_fastpath_enabled(False)`` for the duration of the call and the previous
+  setting is restored afterwards (the results are the same up to float rounding).
 * **enformer-pytorch's Attention** (recognised by duck typing: class name ``Attention`` with
   ``to_q``, ``to_k``, ``to_rel_k``, ``rel_content_bias``, ``rel_pos_bias`` and ``attn_dropout``;
   enformer-pytorch is never imported): the probabilities are the input of its ``attn_dropout``,
@@ -119,17 +120,20 @@ def _is_enformer_attention(m: nn.Module) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _class_calls_sdpa(cls: type) -> bool:
-    """True if the source of cls (or a non-torch base class) mentions scaled_dot_product_attention."""
-    for klass in cls.__mro__:
-        if klass is object or (getattr(klass, "__module__", "") or "").split(".")[0] == "torch":
-            continue
-        try:
-            src = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        if "scaled_dot_product_attention" in src:
-            return True
-    return False
+    """True if the class that defines cls.forward mentions scaled_dot_product_attention.
+
+    Only the class owning ``forward`` is read (all of it, so helper methods count), never torch's
+    own classes nor unrelated base classes (a framework base class may mention SDPA without the
+    module computing attention itself).
+    """
+    owner = next((k for k in cls.__mro__ if "forward" in vars(k)), None)
+    if owner is None or (getattr(owner, "__module__", "") or "").split(".")[0] == "torch":
+        return False
+    try:
+        src = inspect.getsource(owner)
+    except (OSError, TypeError):
+        return False
+    return "scaled_dot_product_attention" in src
 
 
 def _kind(m: nn.Module) -> Optional[str]:
@@ -251,7 +255,6 @@ class _Capture:
         self.out: Optional[np.ndarray] = None
         self.first_shape: Optional[Tuple[int, Tuple[int, ...]]] = None
         self.active: List[int] = []  # stack of running block indices (for sdpa attribution)
-        self.thread = threading.get_ident()
 
     def deliver(self, i: int, probs: torch.Tensor) -> None:
         if i not in self.slots or i in self.done:
@@ -283,22 +286,18 @@ class _Capture:
             raise _StopForward()
 
 
-def _bind(fn: Callable, args: tuple, kwargs: dict) -> inspect.BoundArguments:
-    return inspect.signature(fn).bind(*args, **kwargs)
-
-
 def _mha_hook(cap: _Capture, i: int):
     def hook(module, args, kwargs):
         if i not in cap.slots or i in cap.done:
             return None
         try:
-            bound = _bind(module.forward, args, kwargs)
+            bound = inspect.signature(module.forward).bind(*args, **kwargs)
+            bound.arguments["need_weights"] = True
+            bound.arguments["average_attn_weights"] = False
+            call_args, call_kwargs = bound.args, bound.kwargs
         except TypeError as e:
-            raise TypeError(f"block {i} ({cap.blocks[i][0]!r}): cannot re-run the attention call: {e}")
-        arguments = dict(bound.arguments)
-        arguments["need_weights"] = True
-        arguments["average_attn_weights"] = False
-        _, weights = module.forward(**arguments)  # (N, H, L, S) or (H, L, S)
+            raise TypeError(f"block {i} ({cap.blocks[i][0]!r}): cannot repeat the attention call: {e}") from e
+        _, weights = module.forward(*call_args, **call_kwargs)  # (N, H, L, S) or (H, L, S)
         cap.deliver(i, weights)
         return None
 
@@ -349,9 +348,9 @@ def _pop_hook(cap: _Capture, i: int):
 def _make_sdpa_wrapper(original: Callable) -> Callable:
     @functools.wraps(original)
     def scaled_dot_product_attention(*args, **kwargs):
-        cap = getattr(_TLS, "capture", None)
-        if cap is not None and cap.active and cap.thread == threading.get_ident():
-            i = cap.active[-1]
+        cap = getattr(_TLS, "capture", None)  # only the thread running get_attention_scores
+        if cap is not None and cap.active:
+            i = cap.active[-1]  # innermost running attention block
             if cap.blocks[i][2] == "sdpa" and i in cap.slots and i not in cap.done:
                 params = dict(zip(_SDPA_PARAMS, args))
                 params.update(kwargs)
@@ -361,53 +360,85 @@ def _make_sdpa_wrapper(original: Callable) -> Callable:
     return scaled_dot_product_attention
 
 
-class _SdpaPatch:
-    """Replaces F.scaled_dot_product_attention (and aliases in the given modules) until exit."""
+class _GlobalPatches:
+    """Process-wide changes needed while capturing, reference-counted across threads.
 
-    def __init__(self, module_names: Sequence[str]):
-        self.module_names = sorted(set(module_names))
-        self.saved: List[Tuple[Any, str, Any]] = []
+    * ``sdpa``: F.scaled_dot_product_attention, and module-level aliases of it in the modules
+      defining SDPA blocks, are replaced by one wrapper (which only records for the thread whose
+      capture is active) until the last concurrent user exits; then every replaced name gets its
+      original value back.
+    * ``fastpath_off``: torch's transformer fast path is disabled until the last user exits, then
+      the setting found by the first user is restored.
+    """
 
-    def __enter__(self):
-        original = F.scaled_dot_product_attention
-        wrapper = _make_sdpa_wrapper(original)
-        targets = [(F, "scaled_dot_product_attention")]
-        for mod_name in self.module_names:
-            mod = sys.modules.get(mod_name)
-            if mod is None or mod is F:
-                continue
-            for attr, val in list(vars(mod).items()):
-                if val is original:
-                    targets.append((mod, attr))
-        try:
-            for obj, attr in targets:
-                self.saved.append((obj, attr, getattr(obj, attr)))
-                setattr(obj, attr, wrapper)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
+    _lock = threading.Lock()
+    _sdpa_users = 0
+    _original: Optional[Callable] = None
+    _wrapper: Optional[Callable] = None
+    _saved: Dict[Tuple[int, str], Tuple[Any, str, Any]] = {}
+    _fast_users = 0
+    _fast_prev: Optional[bool] = None
 
-    def __exit__(self, *exc):
-        while self.saved:
-            obj, attr, val = self.saved.pop()
-            setattr(obj, attr, val)
-        return False
-
-
-class _MhaFastpathOff:
-    """Turns off torch's fused transformer fast path (which bypasses the attention module)."""
+    def __init__(self, sdpa_modules: Sequence[str], fastpath_off: bool):
+        self.sdpa = bool(sdpa_modules)
+        self.sdpa_modules = sorted(set(sdpa_modules))
+        self.fastpath_off = fastpath_off and hasattr(torch.backends, "mha")
+        self.entered_sdpa = self.entered_fast = False
 
     def __enter__(self):
-        mha = getattr(torch.backends, "mha", None)
-        self.prev = mha.get_fastpath_enabled() if mha is not None else None
-        if self.prev:
-            mha.set_fastpath_enabled(False)
+        cls = _GlobalPatches
+        with cls._lock:
+            try:
+                if self.sdpa:
+                    if cls._sdpa_users == 0:
+                        cls._original = F.scaled_dot_product_attention
+                        cls._wrapper = _make_sdpa_wrapper(cls._original)
+                        cls._patch(F, "scaled_dot_product_attention")
+                    for name in self.sdpa_modules:
+                        mod = sys.modules.get(name)
+                        if mod is not None and mod is not F:
+                            for attr, val in list(vars(mod).items()):
+                                if val is cls._original:
+                                    cls._patch(mod, attr)
+                    cls._sdpa_users += 1
+                    self.entered_sdpa = True
+                if self.fastpath_off:
+                    if cls._fast_users == 0:
+                        cls._fast_prev = torch.backends.mha.get_fastpath_enabled()
+                        torch.backends.mha.set_fastpath_enabled(False)
+                    cls._fast_users += 1
+                    self.entered_fast = True
+            except BaseException:
+                self._release()
+                raise
         return self
 
+    @classmethod
+    def _patch(cls, obj: Any, attr: str) -> None:
+        key = (id(obj), attr)
+        if key not in cls._saved:
+            cls._saved[key] = (obj, attr, getattr(obj, attr))
+            setattr(obj, attr, cls._wrapper)
+
+    def _release(self) -> None:
+        cls = _GlobalPatches
+        if self.entered_sdpa:
+            self.entered_sdpa = False
+            cls._sdpa_users -= 1
+            if cls._sdpa_users == 0:
+                for obj, attr, val in cls._saved.values():
+                    setattr(obj, attr, val)
+                cls._saved.clear()
+                cls._original = cls._wrapper = None
+        if self.entered_fast:
+            self.entered_fast = False
+            cls._fast_users -= 1
+            if cls._fast_users == 0:
+                torch.backends.mha.set_fastpath_enabled(bool(cls._fast_prev))
+
     def __exit__(self, *exc):
-        if self.prev:
-            torch.backends.mha.set_fastpath_enabled(True)
+        with _GlobalPatches._lock:
+            self._release()
         return False
 
 
@@ -576,18 +607,17 @@ def get_attention_scores(
         for i, (name, m, kind) in enumerate(found):
             if i > last:
                 break  # blocks after the last requested one are never reached
+            if "sdpa" in kinds:  # track the running block, to attribute SDPA calls to it
+                handles.append(m.register_forward_pre_hook(_push_hook(cap, i)))
+                handles.append(m.register_forward_hook(_pop_hook(cap, i), always_call=True))
             if kind == "mha":
                 handles.append(m.register_forward_pre_hook(_mha_hook(cap, i), with_kwargs=True))
             elif kind == "scores":
                 handles.append(m.register_forward_pre_hook(_scores_hook(cap, i), with_kwargs=True))
             elif kind == "enformer":
                 handles.append(m.attn_dropout.register_forward_pre_hook(_dropout_hook(cap, i)))
-            if "sdpa" in kinds:
-                handles.append(m.register_forward_pre_hook(_push_hook(cap, i)))
-                handles.append(m.register_forward_hook(_pop_hook(cap, i), always_call=True))
         sdpa_modules = [type(m).__module__ for _, m, kind in found if kind == "sdpa"]
-        with preserved_model_state(model), torch.no_grad(), _MhaFastpathOff() if "mha" in kinds else _Null(), \
-                _SdpaPatch(sdpa_modules) if sdpa_modules else _Null():
+        with preserved_model_state(model), torch.no_grad(), _GlobalPatches(sdpa_modules, "mha" in kinds):
             model.eval()
             x = x.to(device=model_device(model), dtype=model_dtype(model))
             _TLS.capture = cap
@@ -615,10 +645,3 @@ def get_attention_scores(
         out = out[0]
     return np.ascontiguousarray(out)
 
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
