@@ -199,6 +199,21 @@ def test_mutate_window_matches_reference(device, case, M, width, dtype):
     torch.testing.assert_close(got, ref_mutate_window(ref, mutants, offset, width, dtype), rtol=0, atol=0)
 
 
+@device_param
+@dtype_param
+def test_mutate_into_preallocated_out(device, dtype):
+    gen = torch.Generator().manual_seed(1)
+    ref = make_ref(gen, 3, 21, 0.2, device)
+    mutants = random_mutants(gen, 3, 21, 11, device)
+    out = torch.full((11, 4, 21), 9.0, dtype=dtype, device=device)
+    assert ops.mutate(ref, mutants, dtype, out=out) is out
+    torch.testing.assert_close(out, ref_mutate(ref, mutants, dtype), rtol=0, atol=0)
+    offset = torch.randint(-8, 25, (11,), generator=gen).to(device)
+    win = torch.full((11, 4, 6), 9.0, dtype=dtype, device=device)
+    assert ops.mutate_window(ref, mutants, offset, 6, dtype, out=win) is win
+    torch.testing.assert_close(win, ref_mutate_window(ref, mutants, offset, 6, dtype), rtol=0, atol=0)
+
+
 def test_mutate_saturation_batch_equals_plain_onehot():
     gen = torch.Generator().manual_seed(3)
     ref = make_ref(gen, 2, 25, 0.1, "cpu")
@@ -385,6 +400,8 @@ def _opcheck_samples(device):
         ("mutate", (ref, mut, torch.float16)),
         ("mutate", (ref, mut[:0], torch.float32)),
         ("mutate_window", (ref, mut, i(-5, 20, M), 7, torch.bfloat16)),
+        ("mutate_into", (torch.empty(M, 4, 17, device=device), ref, mut, None)),
+        ("mutate_into", (torch.empty(M, 4, 5, dtype=torch.float16, device=device), ref, mut, i(-5, 20, M))),
         ("compare_", (r(3, 7, 4, 2, 5), r(3, 2, 5), "log2FC")),
         ("compare_", (r(3, 7, 4), r(3), "subtract")),
         ("scatter_", (torch.zeros(3, 7, 4, 2, device=device), r(M, 2, dtype=torch.bfloat16), mut, 2)),
@@ -458,6 +475,10 @@ def _bad_cases():
         ("dtype", lambda: ops.mutate(ref, mut, torch.float64)),
         ("ref", lambda: ops.mutate(torch.tensor([[0, 9, 1, 1]], dtype=torch.uint8), mut)),
         ("offset", lambda: ops.mutate_window(ref, mut, torch.tensor([0, 1]), 3)),
+        ("out", lambda: ops.mutate(ref, mut, out=torch.empty(1, 4, 3))),
+        ("out", lambda: ops.mutate(ref, mut, out=torch.empty(1, 4, 4, dtype=torch.float16))),
+        ("out", lambda: ops.mutate(ref, mut, out=torch.empty(1, 4, 8)[:, :, ::2])),
+        ("out", lambda: ops.mutate_window(ref, mut, idx, 3, out=torch.empty(1, 4, 4))),
         ("width", lambda: ops.mutate_window(ref, mut, idx, -1)),
         ("preds", lambda: ops.compare_(out.double(), torch.zeros(1), "divide")),
         ("preds", lambda: ops.compare_(torch.zeros(1, 4, 3), torch.zeros(1), "divide")),

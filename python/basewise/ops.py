@@ -379,13 +379,51 @@ def _(ref: Tensor, mutants: Tensor, offset: Tensor, width: int, dtype: torch.dty
     return ref.new_empty((mutants.shape[0], 4, width), dtype=dtype)
 
 
+def _meta_mutate_into(out: Tensor, ref: Tensor, mutants: Tensor, offset: Optional[Tensor]) -> int:
+    out = _check_float("out", out, tuple(FLOAT_DTYPES))
+    code = _meta_mutate(ref, mutants, out.dtype)
+    M, L = mutants.shape[0], ref.shape[1]
+    if offset is not None:
+        _check_index("offset", offset, (M,), ref.device, exact_int64=True)
+    if out.dim() != 3 or out.shape[0] != M or out.shape[1] != 4 or (offset is None and out.shape[2] != L):
+        want = f"({M}, 4, {L})" if offset is None else f"({M}, 4, width)"
+        _fail("out", f"must have shape {want}, got {tuple(out.shape)}")
+    _check_device("out", out, ref.device)
+    _check_contiguous_out("out", out)
+    return code
+
+
+@torch.library.custom_op("basewise::mutate_into", mutates_args=("out",))
+def _mutate_into_op(out: Tensor, ref: Tensor, mutants: Tensor, offset: Optional[Tensor]) -> None:
+    code = _meta_mutate_into(out, ref, mutants, offset)
+    r, mu = _u8(ref), mutants.contiguous()
+    off = offset.contiguous() if offset is not None else None
+    B, L = r.shape
+    M, W = out.shape[0], out.shape[2]
+    if M and W:
+        with _native(r) as (dev, stream, nt):
+            _C.mutate(dev, stream, r.data_ptr(), B, L, mu.data_ptr(), M,
+                      off.data_ptr() if off is not None else 0, W, out.data_ptr(), code, nt)
+
+
+@_mutate_into_op.register_fake
+def _(out: Tensor, ref: Tensor, mutants: Tensor, offset: Optional[Tensor]) -> None:
+    _meta_mutate_into(out, ref, mutants, offset)
+
+
+def _check_out_like(out: object, dtype: torch.dtype) -> None:
+    out = _check_tensor("out", out)
+    if out.dtype != dtype:
+        _fail("out", f"must have the requested dtype {dtype}, got {out.dtype}")
+
+
 def _prep_mutants(ref: Tensor, mutants: object, arg: str = "mutants") -> Tensor:
     m = _check_index(arg, mutants, (None, 3), ref.device, exact_int64=False)
     return m.to(torch.int64).contiguous()
 
 
 def mutate(ref: Tensor, mutants: Tensor, dtype: torch.dtype = torch.float32, *,
-           check: bool = True) -> Tensor:
+           out: Optional[Tensor] = None, check: bool = True) -> Tensor:
     """One-hot batch of single-base mutants.
 
     ``out[m]`` is the one-hot encoding of ``ref[seq]`` with ``base`` written at ``pos`` (for the
@@ -396,11 +434,14 @@ def mutate(ref: Tensor, mutants: Tensor, dtype: torch.dtype = torch.float32, *,
         mutants: (M, 3) integer rows (seq, pos, base), base 0-3, on ``ref``'s device (converted to
             int64).
         dtype: output dtype, default torch.float32; also torch.float16 or torch.bfloat16.
+        out: keyword-only, default None: a contiguous (M, 4, L) tensor of ``dtype`` on ``ref``'s
+            device to write into (and return) instead of allocating one. Reusing a buffer avoids
+            the page faults of a fresh large allocation, which on CPU cost more than the writes.
         check: keyword-only, default True: check value ranges of ``ref`` and ``mutants`` (one
             synchronisation on CUDA).
 
     Returns:
-        (M, 4, L) tensor of ``dtype`` on ``ref``'s device.
+        (M, 4, L) tensor of ``dtype`` on ``ref``'s device (``out`` when given).
 
     Raises:
         ValueError: naming ``ref``, ``mutants`` or ``dtype``.
@@ -415,14 +456,21 @@ def mutate(ref: Tensor, mutants: Tensor, dtype: torch.dtype = torch.float32, *,
     _check_ref(ref)
     mutants = _prep_mutants(ref, mutants)
     _meta_mutate(ref, mutants, dtype)
+    if out is not None:
+        _check_out_like(out, dtype)
+        _meta_mutate_into(out, ref, mutants, None)
     if check and not _skip_value_checks():
         B, L = ref.shape
         _raise_first([_ref_flag(ref)] + _mutant_flags(mutants, B, 0, L))
-    return torch.ops.basewise.mutate(ref, mutants, dtype)
+    if out is None:
+        return torch.ops.basewise.mutate(ref, mutants, dtype)
+    torch.ops.basewise.mutate_into(out, ref, mutants, None)
+    return out
 
 
 def mutate_window(ref: Tensor, mutants: Tensor, offset: Tensor, width: int,
-                  dtype: torch.dtype = torch.float32, *, check: bool = True) -> Tensor:
+                  dtype: torch.dtype = torch.float32, *, out: Optional[Tensor] = None,
+                  check: bool = True) -> Tensor:
     """A window of the one-hot mutant batch: ``out[m, :, j]`` encodes position ``offset[m] + j``.
 
     Columns whose position ``offset[m] + j`` lies outside ``[0, L)`` are zero, so windows may
@@ -435,10 +483,12 @@ def mutate_window(ref: Tensor, mutants: Tensor, offset: Tensor, width: int,
             run past the end.
         width: window width W >= 0.
         dtype: output dtype, default torch.float32; also torch.float16 or torch.bfloat16.
+        out: keyword-only, default None: a contiguous (M, 4, width) tensor of ``dtype`` on
+            ``ref``'s device to write into (and return) instead of allocating one.
         check: keyword-only, default True: check value ranges (one synchronisation on CUDA).
 
     Returns:
-        (M, 4, width) tensor of ``dtype`` on ``ref``'s device.
+        (M, 4, width) tensor of ``dtype`` on ``ref``'s device (``out`` when given).
 
     Raises:
         ValueError: naming ``ref``, ``mutants``, ``offset``, ``width`` or ``dtype``.
@@ -457,10 +507,18 @@ def mutate_window(ref: Tensor, mutants: Tensor, offset: Tensor, width: int,
     offset = _check_index("offset", offset, (M,), ref.device, exact_int64=False).to(torch.int64)
     width = _check_int("width", width, minimum=0)
     _meta_mutate(ref, mutants, dtype, offset, width)
+    if out is not None:
+        _check_out_like(out, dtype)
+        if out.dim() != 3 or out.shape[2] != width:
+            _fail("out", f"must have shape ({M}, 4, {width}), got {tuple(out.shape)}")
+        _meta_mutate_into(out, ref, mutants, offset)
     if check and not _skip_value_checks():
         B, L = ref.shape
         _raise_first([_ref_flag(ref)] + _mutant_flags(mutants, B, 0, L))
-    return torch.ops.basewise.mutate_window(ref, mutants, offset.contiguous(), width, dtype)
+    if out is None:
+        return torch.ops.basewise.mutate_window(ref, mutants, offset.contiguous(), width, dtype)
+    torch.ops.basewise.mutate_into(out, ref, mutants, offset.contiguous())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
