@@ -390,6 +390,166 @@ def test_sdpa_alias_imported_by_name_is_captured_and_restored(tmp_path, monkeypa
         sys.modules.pop("basewise_alias_attn", None)
 
 
+# ============================================================================ flash_attn package
+FAKE_FLASH_INTERFACE = """
+import math
+import torch
+
+
+def _attend(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None):
+    # plain-torch stand-in for flash-attn 2 (documented semantics), q (B, L, H, d), k/v (B, S, H_k, d)
+    b, n, h, d = q.shape
+    s = k.shape[1]
+    k = k.repeat_interleave(h // k.shape[2], dim=2)
+    v = v.repeat_interleave(h // v.shape[2], dim=2)
+    scale = softmax_scale if softmax_scale is not None else d ** -0.5
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) * scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    left, right = window_size
+    if causal:
+        right = 0
+    for i in range(n):
+        for j in range(s):
+            rel = j - (i + s - n)
+            if alibi_slopes is not None:
+                scores[:, :, i, j] -= alibi_slopes.reshape(-1, h) * abs(rel)
+            if (left >= 0 and rel < -left) or (right >= 0 and rel > right):
+                scores[:, :, i, j] = float("-inf")
+    p = torch.nan_to_num(scores.softmax(-1))
+    return torch.einsum("bhij,bjhd->bihd", p, v)
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                    softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    return _attend(q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes)
+
+
+def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                              softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    return _attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], softmax_scale, causal, window_size, softcap,
+                   alibi_slopes)
+
+
+def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                             softcap=0.0, alibi_slopes=None, deterministic=False, return_attn_probs=False):
+    return _attend(q, kv[:, :, 0], kv[:, :, 1], softmax_scale, causal, window_size, softcap, alibi_slopes)
+"""
+
+FLASH_MODEL = """
+import torch
+from torch import nn
+import flash_attn
+from flash_attn import flash_attn_qkvpacked_func as packed_attention
+
+
+class FlashBlock(nn.Module):
+    def __init__(self, dim, n_heads, mode, kw):
+        super().__init__()
+        self.h, self.d, self.mode, self.kw = n_heads, dim // n_heads, mode, kw
+        self.kv_heads = 1 if mode == "gqa" else n_heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_kv = nn.Linear(dim, 2 * self.kv_heads * self.d)
+        self.out = nn.Linear(dim, dim)
+
+    def qkv(self, x):  # x (B, n, C) -> q (B, n, H, d), kv (B, S, 2, H_k, d)
+        b, n, _ = x.shape
+        src = x[:, ::2] if self.mode == "cross" else x  # cross-attention to every other position
+        q = self.to_q(x).reshape(b, n, self.h, self.d)
+        kv = self.to_kv(src).reshape(b, src.shape[1], 2, self.kv_heads, self.d)
+        return q, kv
+
+    def forward(self, x):
+        q, kv = self.qkv(x)
+        if self.mode == "packed":
+            o = packed_attention(torch.stack([q, kv[:, :, 0], kv[:, :, 1]], dim=2), 0.0, **self.kw)
+        elif self.mode == "kvpacked":
+            o = flash_attn.flash_attn_kvpacked_func(q, kv, **self.kw)
+        else:
+            o = flash_attn.flash_attn_func(q, kv[:, :, 0], kv[:, :, 1], **self.kw)
+        return x + self.out(o.reshape(x.shape))
+
+
+class FlashModel(nn.Module):
+    def __init__(self, mode, kw, dim=8, n_heads=2, n_blocks=2):
+        super().__init__()
+        self.stem = nn.Conv1d(4, dim, 3, padding=1)
+        self.blocks = nn.Sequential(*[FlashBlock(dim, n_heads, mode, kw) for _ in range(n_blocks)])
+
+    def forward(self, x):
+        return self.blocks(self.stem(x).transpose(1, 2)).sum()
+"""
+
+
+@pytest.fixture
+def fake_flash(tmp_path, monkeypatch):
+    """A plain-torch `flash_attn` package (the real one needs CUDA) and a model module using it."""
+    import importlib
+
+    pkg = tmp_path / "flash_attn"
+    pkg.mkdir()
+    (pkg / "flash_attn_interface.py").write_text(FAKE_FLASH_INTERFACE)
+    (pkg / "__init__.py").write_text(
+        "from flash_attn.flash_attn_interface import flash_attn_func, flash_attn_qkvpacked_func, "
+        "flash_attn_kvpacked_func\n")
+    (tmp_path / "basewise_flash_model.py").write_text(FLASH_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("flash_attn", "flash_attn.flash_attn_interface", "basewise_flash_model"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    mod = importlib.import_module("basewise_flash_model")
+    yield mod
+    for name in ("flash_attn", "flash_attn.flash_attn_interface", "basewise_flash_model"):
+        sys.modules.pop(name, None)
+
+
+def flash_reference(model, x):
+    out = []
+    with torch.no_grad():
+        h = model.stem(x).transpose(1, 2)
+        for block in model.blocks:
+            q, kv = block.qkv(h)
+            q, k = w64(q).transpose(0, 2, 1, 3), w64(kv[:, :, 0]).transpose(0, 2, 1, 3)  # (B, H, ., d)
+            k = np.repeat(k, q.shape[1] // k.shape[1], axis=1)
+            n, s = q.shape[2], k.shape[2]
+            kw = block.kw
+            scale = kw.get("softmax_scale") or 1 / math.sqrt(q.shape[-1])
+            logits = np.einsum("bhid,bhjd->bhij", q, k) * scale
+            if kw.get("softcap"):
+                logits = kw["softcap"] * np.tanh(logits / kw["softcap"])
+            rel = np.arange(s)[None, :] - np.arange(n)[:, None] - (s - n)
+            if kw.get("alibi_slopes") is not None:
+                logits = logits - w64(kw["alibi_slopes"])[None, :, None, None] * np.abs(rel)
+            left, right = kw.get("window_size", (-1, -1))
+            right = 0 if kw.get("causal") else right
+            hidden = ((rel < -left) & (left >= 0)) | ((rel > right) & (right >= 0))
+            out.append(softmax64(np.where(hidden, -np.inf, logits)))
+            h = block(h)
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("mode, kw", [
+    ("plain", dict()),
+    ("plain", dict(causal=True, softmax_scale=0.4)),
+    ("packed", dict(window_size=(2, 1))),
+    ("kvpacked", dict(softcap=1.5, alibi_slopes=torch.tensor([0.5, 0.25]))),
+    ("gqa", dict(causal=True)),
+    ("cross", dict(alibi_slopes=torch.tensor([0.3, 0.1]))),  # S = L/2: bottom-right aligned bias
+])
+def test_flash_attn_package_kernels(fake_flash, mode, kw):
+    torch.manual_seed(19)
+    model = fake_flash.FlashModel(mode, kw).eval()
+    assert [k for _, k in list_attention_blocks(model)] == ["flash", "flash"]
+    seqs = random_seqs(np.random.default_rng(19), 2, 10)
+    ref = flash_reference(model, onehot(seqs)).astype(np.float32)
+    assert_probs(get_attention_scores(model, seqs), ref)
+    assert_probs(get_attention_scores(model, seqs[:1], block_idx=-1), ref[0, -1])
+    import flash_attn
+    import flash_attn.flash_attn_interface as fai
+    assert fake_flash.packed_attention is fai.flash_attn_qkvpacked_func
+    assert flash_attn.flash_attn_func is fai.flash_attn_func
+    assert "wrapper" not in fai.flash_attn_func.__code__.co_name
+
+
 # ============================================================================ enformer-pytorch
 def enformer_reference(model, x_bl4):
     ep = sys.modules["enformer_pytorch.modeling_enformer"]

@@ -71,7 +71,13 @@ from torch import nn
 from ._model import model_device, model_dtype, preserved_model_state
 from .sequence import to_onehot
 
-__all__ = ["get_attention_scores", "list_attention_blocks", "AttentionNotFoundError"]
+__all__ = [
+    "get_attention_scores",
+    "list_attention_blocks",
+    "AttentionNotFoundError",
+    "sdpa_probabilities",
+    "flash_probabilities",
+]
 
 SEARCHED = (
     "torch.nn.MultiheadAttention (also inside nn.TransformerEncoderLayer)",
@@ -118,9 +124,12 @@ def _is_enformer_attention(m: nn.Module) -> bool:
     )
 
 
+_FLASH_NAMES = ("flash_attn_func", "flash_attn_qkvpacked_func", "flash_attn_kvpacked_func")
+
+
 @functools.lru_cache(maxsize=None)
-def _class_calls_sdpa(cls: type) -> bool:
-    """True if the class that defines cls.forward mentions scaled_dot_product_attention.
+def _fused_kind(cls: type) -> Optional[str]:
+    """``"sdpa"`` / ``"flash"`` if the class defining cls.forward calls a fused attention kernel.
 
     Only the class owning ``forward`` is read (all of it, so helper methods count), never torch's
     own classes nor unrelated base classes (a framework base class may mention SDPA without the
@@ -128,12 +137,16 @@ def _class_calls_sdpa(cls: type) -> bool:
     """
     owner = next((k for k in cls.__mro__ if "forward" in vars(k)), None)
     if owner is None or (getattr(owner, "__module__", "") or "").split(".")[0] == "torch":
-        return False
+        return None
     try:
         src = inspect.getsource(owner)
     except (OSError, TypeError):
-        return False
-    return "scaled_dot_product_attention" in src
+        return None
+    if "scaled_dot_product_attention" in src:
+        return "sdpa"
+    if any(name in src for name in _FLASH_NAMES):
+        return "flash"
+    return None
 
 
 def _kind(m: nn.Module) -> Optional[str]:
@@ -143,9 +156,7 @@ def _kind(m: nn.Module) -> Optional[str]:
         return "scores"
     if _is_enformer_attention(m):
         return "enformer"
-    if _class_calls_sdpa(type(m)):
-        return "sdpa"
-    return None
+    return _fused_kind(type(m))
 
 
 def _find_blocks(model: nn.Module) -> List[Tuple[str, nn.Module, str]]:
@@ -228,9 +239,94 @@ def sdpa_probabilities(query: torch.Tensor, key: torch.Tensor, value: Any = None
             logits = logits.masked_fill(~attn_mask, float("-inf"))
         else:
             logits = logits + attn_mask.float()
+    return _masked_softmax(logits)
+
+
+def _masked_softmax(logits: torch.Tensor) -> torch.Tensor:
     probs = logits.softmax(dim=-1)
     dead = torch.isneginf(logits.amax(dim=-1, keepdim=True))  # rows with every key masked
     return probs.masked_fill(dead, 0.0)
+
+
+def flash_probabilities(q: torch.Tensor, k: torch.Tensor, softmax_scale: Optional[float] = None,
+                        causal: bool = False, window_size: Tuple[int, int] = (-1, -1),
+                        softcap: float = 0.0, alibi_slopes: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The attention probabilities of the ``flash_attn`` package's ``flash_attn_func`` (no dropout).
+
+    Follows flash-attn 2's documented semantics: scores = q k^T * softmax_scale, soft-capped to
+    softcap * tanh(scores / softcap) when softcap > 0, minus alibi_slope * |i + S - L - j|; the
+    causal mask and the sliding window (query i sees keys i + S - L - left .. i + S - L + right)
+    are aligned to the bottom-right corner; grouped/multi-query key heads are repeated.
+
+    Args:
+        q: (B, L, H, d). k: (B, S, H_k, d).
+        softmax_scale: Default None (1 / sqrt(d)). causal: Default False.
+        window_size: (left, right), -1 = unlimited. Default (-1, -1).
+        softcap: Default 0.0 (off). alibi_slopes: (H,) or (B, H). Default None.
+
+    Returns:
+        float32 (B, H, L, S).
+
+    Example:
+        >>> q = torch.randn(1, 3, 2, 4)
+        >>> flash_probabilities(q, q, causal=True)[0, 0, 0].tolist()
+        [1.0, 0.0, 0.0]
+    """
+    qh, kh = q.float().transpose(1, 2), k.float().transpose(1, 2)  # (B, H, L, d), (B, H_k, S, d)
+    if kh.shape[1] != qh.shape[1]:
+        kh = kh.repeat_interleave(qh.shape[1] // kh.shape[1], dim=1)
+    n_q, n_k = qh.shape[2], kh.shape[2]
+    scale = 1.0 / math.sqrt(qh.shape[-1]) if softmax_scale is None else float(softmax_scale)
+    logits = (qh @ kh.transpose(-2, -1)) * scale  # (B, H, L, S)
+    if softcap and softcap > 0:
+        logits = softcap * torch.tanh(logits / softcap)
+    rel = (torch.arange(n_k, device=qh.device)[None, :]
+           - torch.arange(n_q, device=qh.device)[:, None] - (n_k - n_q))  # j - (i + S - L)
+    if alibi_slopes is not None:
+        slopes = alibi_slopes.float().to(qh.device)
+        slopes = slopes.reshape(-1, qh.shape[1], 1, 1) if slopes.ndim == 2 else slopes.reshape(1, -1, 1, 1)
+        logits = logits - slopes * rel.abs().float()
+    left, right = (int(w) for w in window_size)
+    if causal:
+        right = 0
+    keep = torch.ones(n_q, n_k, dtype=torch.bool, device=qh.device)
+    if left >= 0:
+        keep &= rel >= -left
+    if right >= 0:
+        keep &= rel <= right
+    return _masked_softmax(logits.masked_fill(~keep, float("-inf")))
+
+
+def _bind_kernel_args(original: Callable, names: Sequence[str], args: tuple, kwargs: dict) -> dict:
+    try:
+        return dict(inspect.signature(original).bind(*args, **kwargs).arguments)
+    except (TypeError, ValueError):  # builtins without a signature: the documented order
+        params = dict(zip(names, args))
+        params.update(kwargs)
+        return params
+
+
+_FLASH_PARAMS = ("q", "k", "v", "dropout_p", "softmax_scale", "causal", "window_size", "softcap",
+                 "alibi_slopes")
+
+
+def _probs_from_call(name: str, original: Callable, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Attention probabilities of one fused-kernel call, (B, H, L, S) float32."""
+    if name == "scaled_dot_product_attention":  # a builtin: no signature to bind to
+        params = dict(zip(_SDPA_PARAMS, args))
+        params.update(kwargs)
+        return sdpa_probabilities(**{k: v for k, v in params.items() if k in _SDPA_PARAMS})
+    if name == "flash_attn_qkvpacked_func":
+        params = _bind_kernel_args(original, ("qkv",) + _FLASH_PARAMS[3:], args, kwargs)
+        qkv = params.pop("qkv")  # (B, L, 3, H, d)
+        params["q"], params["k"] = qkv[:, :, 0], qkv[:, :, 1]
+    elif name == "flash_attn_kvpacked_func":
+        params = _bind_kernel_args(original, ("q", "kv") + _FLASH_PARAMS[3:], args, kwargs)
+        params["k"] = params.pop("kv")[:, :, 0]  # kv (B, S, 2, H_k, d)
+    else:
+        params = _bind_kernel_args(original, _FLASH_PARAMS, args, kwargs)
+    keep = ("q", "k", "softmax_scale", "causal", "window_size", "softcap", "alibi_slopes")
+    return flash_probabilities(**{k: v for k, v in params.items() if k in keep})
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,63 +441,78 @@ def _pop_hook(cap: _Capture, i: int):
     return hook
 
 
-def _make_sdpa_wrapper(original: Callable) -> Callable:
+def _make_wrapper(name: str, original: Callable) -> Callable:
     @functools.wraps(original)
-    def scaled_dot_product_attention(*args, **kwargs):
+    def wrapper(*args, **kwargs):
         cap = getattr(_TLS, "capture", None)  # only the thread running get_attention_scores
         if cap is not None and cap.active:
             i = cap.active[-1]  # innermost running attention block
-            if cap.blocks[i][2] == "sdpa" and i in cap.slots and i not in cap.done:
-                params = dict(zip(_SDPA_PARAMS, args))
-                params.update(kwargs)
-                cap.deliver(i, sdpa_probabilities(**params))
+            if cap.blocks[i][2] in ("sdpa", "flash") and i in cap.slots and i not in cap.done:
+                cap.deliver(i, _probs_from_call(name, original, args, kwargs))
         return original(*args, **kwargs)
 
-    return scaled_dot_product_attention
+    return wrapper
+
+
+# Fused attention kernels: name -> the module that defines it (patched when loaded), and modules
+# that re-export it.
+_KERNEL_HOMES = {
+    "scaled_dot_product_attention": ("torch.nn.functional", ()),
+    "flash_attn_func": ("flash_attn.flash_attn_interface", ("flash_attn",)),
+    "flash_attn_qkvpacked_func": ("flash_attn.flash_attn_interface", ("flash_attn",)),
+    "flash_attn_kvpacked_func": ("flash_attn.flash_attn_interface", ("flash_attn",)),
+}
 
 
 class _GlobalPatches:
     """Process-wide changes needed while capturing, reference-counted across threads.
 
-    * ``sdpa``: F.scaled_dot_product_attention, and module-level aliases of it in the modules
-      defining SDPA blocks, are replaced by one wrapper (which only records for the thread whose
-      capture is active) until the last concurrent user exits; then every replaced name gets its
+    * fused kernels: ``F.scaled_dot_product_attention`` and (when the ``flash_attn`` package is
+      loaded) its ``flash_attn_func`` / ``flash_attn_qkvpacked_func`` / ``flash_attn_kvpacked_func``
+      are replaced, in their home modules, in re-exporting modules and wherever the modules
+      defining the blocks bound them to another name, by wrappers that record only for the thread
+      whose capture is active. When the last concurrent user exits, every replaced name gets its
       original value back.
     * ``fastpath_off``: torch's transformer fast path is disabled until the last user exits, then
       the setting found by the first user is restored.
     """
 
     _lock = threading.Lock()
-    _sdpa_users = 0
-    _original: Optional[Callable] = None
-    _wrapper: Optional[Callable] = None
-    _saved: Dict[Tuple[int, str], Tuple[Any, str, Any]] = {}
+    _kernel_users = 0
+    _installed: Dict[str, Tuple[Callable, Callable]] = {}  # name -> (original, wrapper)
+    _saved: Dict[Tuple[int, str], Tuple[Any, str, Any]] = {}  # (id(obj), attr) -> restore info
     _fast_users = 0
     _fast_prev: Optional[bool] = None
 
-    def __init__(self, sdpa_modules: Sequence[str], fastpath_off: bool):
-        self.sdpa = bool(sdpa_modules)
-        self.sdpa_modules = sorted(set(sdpa_modules))
+    def __init__(self, block_modules: Sequence[str], fastpath_off: bool):
+        self.kernels = bool(block_modules)
+        self.block_modules = sorted(set(block_modules))
         self.fastpath_off = fastpath_off and hasattr(torch.backends, "mha")
-        self.entered_sdpa = self.entered_fast = False
+        self.entered_kernels = self.entered_fast = False
 
     def __enter__(self):
         cls = _GlobalPatches
         with cls._lock:
             try:
-                if self.sdpa:
-                    if cls._sdpa_users == 0:
-                        cls._original = F.scaled_dot_product_attention
-                        cls._wrapper = _make_sdpa_wrapper(cls._original)
-                        cls._patch(F, "scaled_dot_product_attention")
-                    for name in self.sdpa_modules:
-                        mod = sys.modules.get(name)
-                        if mod is not None and mod is not F:
-                            for attr, val in list(vars(mod).items()):
-                                if val is cls._original:
-                                    cls._patch(mod, attr)
-                    cls._sdpa_users += 1
-                    self.entered_sdpa = True
+                if self.kernels:
+                    cls._kernel_users += 1
+                    self.entered_kernels = True
+                    aliases = list(self.block_modules)
+                    for name, (home_name, reexports) in _KERNEL_HOMES.items():
+                        home = sys.modules.get(home_name)
+                        if home is None or not callable(getattr(home, name, None)):
+                            continue
+                        if name not in cls._installed:
+                            original = getattr(home, name)
+                            cls._installed[name] = (original, _make_wrapper(name, original))
+                        cls._patch(home, name, cls._installed[name][1])
+                        aliases.extend(reexports)
+                    originals = {id(orig): wrap for orig, wrap in cls._installed.values()}
+                    for mod_name in aliases:
+                        mod = sys.modules.get(mod_name)
+                        for attr, val in list(vars(mod).items()) if mod is not None else []:
+                            if id(val) in originals:
+                                cls._patch(mod, attr, originals[id(val)])
                 if self.fastpath_off:
                     if cls._fast_users == 0:
                         cls._fast_prev = torch.backends.mha.get_fastpath_enabled()
@@ -414,22 +525,22 @@ class _GlobalPatches:
         return self
 
     @classmethod
-    def _patch(cls, obj: Any, attr: str) -> None:
+    def _patch(cls, obj: Any, attr: str, wrapper: Callable) -> None:
         key = (id(obj), attr)
         if key not in cls._saved:
             cls._saved[key] = (obj, attr, getattr(obj, attr))
-            setattr(obj, attr, cls._wrapper)
+            setattr(obj, attr, wrapper)
 
     def _release(self) -> None:
         cls = _GlobalPatches
-        if self.entered_sdpa:
-            self.entered_sdpa = False
-            cls._sdpa_users -= 1
-            if cls._sdpa_users == 0:
+        if self.entered_kernels:
+            self.entered_kernels = False
+            cls._kernel_users -= 1
+            if cls._kernel_users == 0:
                 for obj, attr, val in cls._saved.values():
                     setattr(obj, attr, val)
                 cls._saved.clear()
-                cls._original = cls._wrapper = None
+                cls._installed.clear()
         if self.entered_fast:
             self.entered_fast = False
             cls._fast_users -= 1
@@ -607,7 +718,7 @@ def get_attention_scores(
         for i, (name, m, kind) in enumerate(found):
             if i > last:
                 break  # blocks after the last requested one are never reached
-            if "sdpa" in kinds:  # track the running block, to attribute SDPA calls to it
+            if kinds & {"sdpa", "flash"}:  # track the running block, to attribute kernel calls
                 handles.append(m.register_forward_pre_hook(_push_hook(cap, i)))
                 handles.append(m.register_forward_hook(_pop_hook(cap, i), always_call=True))
             if kind == "mha":
@@ -616,8 +727,8 @@ def get_attention_scores(
                 handles.append(m.register_forward_pre_hook(_scores_hook(cap, i), with_kwargs=True))
             elif kind == "enformer":
                 handles.append(m.attn_dropout.register_forward_pre_hook(_dropout_hook(cap, i)))
-        sdpa_modules = [type(m).__module__ for _, m, kind in found if kind == "sdpa"]
-        with preserved_model_state(model), torch.no_grad(), _GlobalPatches(sdpa_modules, "mha" in kinds):
+        fused_modules = [type(m).__module__ for _, m, kind in found if kind in ("sdpa", "flash")]
+        with preserved_model_state(model), torch.no_grad(), _GlobalPatches(fused_modules, "mha" in kinds):
             model.eval()
             x = x.to(device=model_device(model), dtype=model_dtype(model))
             _TLS.capture = cap
