@@ -125,14 +125,17 @@ class TransformerBlock(nn.Module):
 
 
 class TransformerTower(nn.Module):
+    """(B, C, L') -> blocks on (B, L', C) -> (B, C, L'), as gReLU's tower does."""
+
     def __init__(self, n_blocks: int, **kw):
         super().__init__()
         self.blocks = nn.ModuleList([TransformerBlock(**kw) for _ in range(n_blocks)])
 
     def forward(self, x):
+        x = x.transpose(1, 2)  # (B, L', C)
         for block in self.blocks:
             x = block(x)
-        return x
+        return x.transpose(1, 2)
 
 
 class ConvTower(nn.Module):
@@ -165,8 +168,7 @@ class Embedding(nn.Module):
         x = self.conv_tower(x)
         if isinstance(x, tuple):
             x = x[0]
-        x = self.transformer_tower(x.transpose(1, 2))  # (B, L', C)
-        return x.transpose(1, 2)  # (B, C, L')
+        return self.transformer_tower(x)  # (B, C, L')
 
 
 class Head(nn.Module):

@@ -26,13 +26,20 @@ Supported attention modules ("blocks"), found in module-registration order
   ``to_q``, ``to_k``, ``to_rel_k``, ``rel_content_bias``, ``rel_pos_bias`` and ``attn_dropout``;
   enformer-pytorch is never imported): the probabilities are the input of its ``attn_dropout``,
   i.e. softmax(content + relative-position logits), taken directly.
-* **Fused attention** through ``torch.nn.functional.scaled_dot_product_attention`` (which runs the
-  flash / memory-efficient kernels and never materialises the probabilities): modules whose class
-  source mentions ``scaled_dot_product_attention``. During the forward the function is replaced by
-  a wrapper (in ``torch.nn.functional`` and in the defining module's namespace, restored in a
-  ``finally``, and only active for the calling thread) that records q, k, attn_mask, is_causal,
-  scale and enable_gqa and recomputes softmax(q k^T * scale + mask) in float32; the first call
-  inside each such module is its block. The ``flash_attn`` package's own functions are not hooked.
+* **Fused attention kernels**, which never materialise the probabilities:
+  ``torch.nn.functional.scaled_dot_product_attention`` (torch's flash / memory-efficient / math
+  kernels) and the ``flash_attn`` package's ``flash_attn_func``, ``flash_attn_qkvpacked_func`` and
+  ``flash_attn_kvpacked_func``. A block is a module whose class (the one defining its
+  ``forward``, torch's own excluded) mentions one of these names in its source. During the
+  forward each kernel is replaced by a wrapper (in its home module, in ``flash_attn``'s
+  re-exports, and under any alias in the block's defining module; reference-counted across
+  threads, restored in a ``finally``; it records only for the calling thread) that takes q, k and
+  the call's masking arguments and recomputes the probabilities in float32:
+  softmax(q k^T * scale + attn_mask) with ``is_causal``/``enable_gqa`` for SDPA
+  (:func:`sdpa_probabilities`), and flash-attn 2's documented softmax_scale, causal,
+  window_size, softcap and alibi_slopes semantics, bottom-right aligned
+  (:func:`flash_probabilities`). The first kernel call inside each such module is its block.
+  flash-attn's variable-length (``*_varlen_*``) and kv-cache functions are not captured.
 
 A module nested inside another found module is counted once (the inner one); a module called
 several times in one forward contributes its first call.
@@ -84,6 +91,7 @@ SEARCHED = (
     "modules with a get_attn_scores method (gReLU's attention)",
     "enformer-pytorch Attention modules",
     "modules whose class calls torch.nn.functional.scaled_dot_product_attention",
+    "modules whose class calls flash_attn_func / flash_attn_qkvpacked_func / flash_attn_kvpacked_func",
 )
 
 
@@ -179,8 +187,9 @@ def list_attention_blocks(model: nn.Module) -> List[Tuple[str, str]]:
 
     Returns:
         A list of ``(module name, kind)``, kind one of ``"scores"`` (gReLU ``get_attn_scores``),
-        ``"mha"`` (``nn.MultiheadAttention``), ``"enformer"`` (enformer-pytorch ``Attention``) or
-        ``"sdpa"`` (a module calling ``F.scaled_dot_product_attention``). Block index k refers to
+        ``"mha"`` (``nn.MultiheadAttention``), ``"enformer"`` (enformer-pytorch ``Attention``),
+        ``"sdpa"`` (a module calling ``F.scaled_dot_product_attention``) or ``"flash"`` (a module
+        calling the ``flash_attn`` package's kernels). Block index k refers to
         entry k. Empty if the model has no attention.
 
     Example:
@@ -614,7 +623,8 @@ def get_attention_scores(
 
     Drop-in for gReLU 1.1.0's ``get_attention_scores``: same arguments, shapes and numbers for
     gReLU transformer models, plus any model whose attention is ``nn.MultiheadAttention``,
-    enformer-pytorch's ``Attention`` or ``F.scaled_dot_product_attention`` (see the module
+    enformer-pytorch's ``Attention``, ``F.scaled_dot_product_attention`` or the ``flash_attn``
+    package's kernels (see the module
     docstring for how each is captured and which modules count as blocks; see
     :func:`list_attention_blocks` for a model's block list). The model is called once as
     ``model(x)`` with x the one-hot (B, 4, L) input (enformer-pytorch's ``Enformer`` gets
