@@ -204,6 +204,19 @@ def test_grelu_batch_equals_one_at_a_time():
         np.testing.assert_allclose(get_attention_scores(model, s), batch[i], rtol=0, atol=1e-6)
 
 
+def test_block_list_and_float64_model():
+    model = grelu_model(seed=20, n_transformers=3)
+    assert list_attention_blocks(model) == [
+        (f"model.embedding.transformer_tower.blocks.{k}.mha", "scores") for k in range(3)]
+    seqs = ["ACGTTGCAN", "GATTACAGA"]
+    single = get_attention_scores(model, seqs)
+    double = get_attention_scores(model.double(), seqs, dtype=np.float64)  # input cast to float64
+    assert double.dtype == np.float64 and next(model.parameters()).dtype == torch.float64
+    np.testing.assert_allclose(double, single, rtol=0, atol=1e-6)
+    ref = np.stack(grelu_reference(model, onehot(seqs).double()), axis=1)
+    np.testing.assert_allclose(double, ref, rtol=0, atol=1e-12)
+
+
 def test_input_forms_agree():
     model = grelu_model(seed=5)
     seqs = ["ACGTN", "TTGCA"]
