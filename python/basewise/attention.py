@@ -54,11 +54,10 @@ is stopped before the head.
 
 Example:
     >>> import torch
-    >>> from basewise.attention import get_attention_scores
-    >>> layer = torch.nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, batch_first=True)
-    >>> model = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 1), _Transpose(), layer)
-    >>> get_attention_scores(model, "ACGTA").shape  # one block, 2 heads, L = 5
-    (1, 2, 5, 5)
+    >>> from basewise.attention import list_attention_blocks
+    >>> layer = torch.nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
+    >>> list_attention_blocks(torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False))
+    [('layers.0.self_attn', 'mha'), ('layers.1.self_attn', 'mha')]
 """
 
 from __future__ import annotations
@@ -108,13 +107,6 @@ class _StopForward(BaseException):
 
     A ``BaseException`` so that ``except Exception`` in user forward code does not swallow it.
     """
-
-
-class _Transpose(nn.Module):
-    """(B, C, L) -> (B, L, C); used in the module docstring example."""
-
-    def forward(self, x):
-        return x.transpose(1, 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,9 +616,8 @@ def get_attention_scores(
     Drop-in for gReLU 1.1.0's ``get_attention_scores``: same arguments, shapes and numbers for
     gReLU transformer models, plus any model whose attention is ``nn.MultiheadAttention``,
     enformer-pytorch's ``Attention``, ``F.scaled_dot_product_attention`` or the ``flash_attn``
-    package's kernels (see the module
-    docstring for how each is captured and which modules count as blocks; see
-    :func:`list_attention_blocks` for a model's block list). The model is called once as
+    package's kernels (see the module docstring for how each is captured and which modules count
+    as blocks, and :func:`list_attention_blocks` for a model's block list). The model is called once as
     ``model(x)`` with x the one-hot (B, 4, L) input (enformer-pytorch's ``Enformer`` gets
     (B, L, 4)), in eval mode, under ``torch.no_grad``, on the model's device; the forward stops
     right after the last requested block. The model's training flags are restored afterwards.
@@ -643,8 +634,9 @@ def get_attention_scores(
     Memory: the result takes B * n_blocks * H * L'^2 * itemsize bytes (H = 1 with
     ``average_heads``; itemsize 2, 4 or 8 for float16/32/64). For example B = 1, 8 blocks,
     8 heads, L' = 1536 in float32 is 604 MB; ``average_heads=True`` and ``dtype=np.float16``
-    cut that 16-fold. While running, the model's device also holds one block's probabilities in
-    float32, B * H * L'^2 * 4 bytes, besides the model's own activations.
+    cut that 16-fold. While running, the model's device also holds one block's probabilities,
+    B * H * L'^2 * 4 bytes in float32 (the model's precision for gReLU, torch and enformer-pytorch
+    attention; float32 for recomputed fused kernels), besides the model's own activations.
 
     Args:
         model: a ``torch.nn.Module`` taking one-hot (B, 4, L) input, such as a gReLU
@@ -673,11 +665,18 @@ def get_attention_scores(
         RuntimeError: a requested block was not called during the forward.
 
     Example:
-        >>> layer = torch.nn.TransformerEncoderLayer(4, 2, dim_feedforward=8, batch_first=True)
-        >>> model = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 1), _Transpose(), layer)
-        >>> a = get_attention_scores(model, ["ACGTA", "GGCCN"], block_idx=-1)
+        >>> class Net(torch.nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.stem = torch.nn.Conv1d(4, 8, 3, padding=1)
+        ...         self.layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+        ...     def forward(self, x):  # (B, 4, L)
+        ...         return self.layer(self.stem(x).transpose(1, 2))  # (B, L, 8)
+        >>> a = get_attention_scores(Net(), ["ACGTA", "GGCCN"], block_idx=-1)
         >>> a.shape, bool(np.allclose(a.sum(-1), 1, atol=1e-5))
         ((2, 2, 5, 5), True)
+        >>> get_attention_scores(Net(), "ACGTA", average_heads=True, dtype=np.float16).shape
+        (1, 5, 5)
     """
     # ---- validation, before any model computation ----
     if not isinstance(model, nn.Module):
