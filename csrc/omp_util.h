@@ -11,3 +11,12 @@
 #else
 #define BW_PARALLEL_FOR(nt, work)
 #endif
+
+// Function multiversioning for the vectorisable inner loops: an AVX2 and an AVX-512 clone next to
+// the baseline one, picked once at load time (GCC/Clang on x86-64 with glibc ifunc support).
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(BASEWISE_NO_CLONES)
+#define BW_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define BW_CLONES
+#endif

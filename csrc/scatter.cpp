@@ -7,14 +7,17 @@
 
 namespace basewise {
 
-template <typename T>
-static inline void copy_to_f32(float* __restrict o, const T* __restrict v, int64_t n) {
-  for (int64_t s = 0; s < n; ++s) o[s] = Conv<T>::load(v + s);
+BW_CLONES static void bf16_row_to_f32(float* __restrict o, const BF16* __restrict v, int64_t n) {
+  for (int64_t s = 0; s < n; ++s) o[s] = Conv<BF16>::load(v + s);
 }
-template <>
-inline void copy_to_f32<float>(float* __restrict o, const float* __restrict v, int64_t n) {
+static void f16_row_to_f32(float* __restrict o, const F16* __restrict v, int64_t n) {
+  for (int64_t s = 0; s < n; ++s) o[s] = Conv<F16>::load(v + s);
+}
+static inline void copy_to_f32(float* o, const float* v, int64_t n) {
   std::memcpy(o, v, sizeof(float) * n);
 }
+static inline void copy_to_f32(float* o, const BF16* v, int64_t n) { bf16_row_to_f32(o, v, n); }
+static inline void copy_to_f32(float* o, const F16* v, int64_t n) { f16_row_to_f32(o, v, n); }
 
 template <typename T>
 static void scatter_cpu_t(const ScatterArgs& a) {
@@ -25,7 +28,7 @@ static void scatter_cpu_t(const ScatterArgs& a) {
     const int64_t seq = a.mutants[3 * m], p = a.mutants[3 * m + 1] - a.start,
                   base = a.mutants[3 * m + 2];
     if (seq < 0 || seq >= a.B || p < 0 || p >= a.P || base < 0 || base > 3) continue;
-    copy_to_f32<T>(a.out + ((seq * a.P + p) * 4 + base) * S, values + m * S, S);
+    copy_to_f32(a.out + ((seq * a.P + p) * 4 + base) * S, values + m * S, S);
   }
 }
 
@@ -50,7 +53,7 @@ static void fill_reference_cpu_t(const FillReferenceArgs& a) {
     if (pos < 0 || pos >= a.L) continue;
     const uint8_t r = a.ref[b * a.L + pos];
     if (r > 3) continue;  // N: no reference-base slot
-    copy_to_f32<T>(a.out + (bp * 4 + r) * S, rp + b * S, S);
+    copy_to_f32(a.out + (bp * 4 + r) * S, rp + b * S, S);
   }
 }
 
