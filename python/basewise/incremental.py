@@ -103,6 +103,12 @@ _POINTWISE = {
 }
 _VIEWS = {aten.view.default, aten.reshape.default, aten._unsafe_view.default,
           aten.flatten.using_ints, aten.unflatten.int}
+_NOOP_WINDOW = {aten.alias.default, aten.detach.default, aten.dropout.default}
+_INPLACE_UNARY = {aten.relu.default: torch.relu_, aten.sigmoid.default: torch.sigmoid_,
+                  aten.tanh.default: torch.tanh_, aten.exp.default: torch.exp_}
+_INPLACE_BINARY = {aten.add.Tensor: torch.Tensor.add_, aten.mul.Tensor: torch.Tensor.mul_,
+                   aten.sub.Tensor: torch.Tensor.sub_}
+_COMMUTATIVE = {aten.add.Tensor, aten.mul.Tensor}
 _IDENTITY = {aten.alias.default, aten.clone.default, aten.contiguous.default, aten.detach.default,
              aten.lift_fresh_copy.default}
 
@@ -196,6 +202,11 @@ class IsmPlan:
         self._graph: Optional[_Graph] = None
         self.device: Optional[torch.device] = None
         self.dtype: Optional[torch.dtype] = None
+
+    @property
+    def worthwhile(self) -> bool:
+        """Supported and predicted at least :data:`INCREMENTAL_MIN_RATIO` times cheaper."""
+        return bool(self.supported and self.predicted_flop_ratio > INCREMENTAL_MIN_RATIO)
 
     @property
     def n_local(self) -> int:
@@ -1051,6 +1062,10 @@ class _Assembly:
     r0: Optional[int]  # constant relative offset of the input window
     fits_all: bool  # input window inside the requested one for every p
     fits_tab: Optional[torch.Tensor]
+    q_np: Optional[np.ndarray] = None
+    host: Optional[Tuple[str, str]] = None  # reuse a wider assembly of the same source ...
+    rel: int = 0  # ... at this constant offset
+    users: int = 1  # number of consumers reading this (host) assembly per batch
 
 
 class IncrementalPredictor:
@@ -1193,7 +1208,7 @@ class IncrementalPredictor:
             if not direct:
                 need_ref.add(src)
             self._asm[key] = _Assembly(src, torch.as_tensor(q_tab, device=dev), width, pad, q0, mlo, mhi,
-                                       direct, r0, fits_all, fits_tab)
+                                       direct, r0, fits_all, fits_tab, q_tab)
 
         for n in g.nodes:
             m = mode[n]
@@ -1252,6 +1267,41 @@ class IncrementalPredictor:
                 add_asm(_Node(node=None, name="<output>", target=None), o, np.zeros(L, dtype=np.int64),
                         o.length, None)
         self._out_nodes = out_nodes
+        # an assembly contained in a wider one of the same source at a constant offset reuses it
+        asms = [(k, a) for k, a in self._asm.items() if not a.direct]
+        for k, a in asms:
+            best = None
+            for k2, h in asms:
+                if k2 == k or h.src is not a.src or h.width < a.width or h.host is not None:
+                    continue
+                if a.pad is not None and a.pad != h.pad:
+                    continue
+                rel = a.q_np - h.q_np
+                if np.all(rel == rel[0]) and rel[0] >= 0 and rel[0] + a.width <= h.width:
+                    if best is None or h.width > best[1].width:
+                        best = (k2, h, int(rel[0]))
+            if best is not None and (best[1].host is None):
+                a.host, a.rel = best[0], best[2]
+                best[1].users += 1
+        # windows whose buffer the single consumer may overwrite (in-place pointwise ops)
+        fresh: Dict[_Node, bool] = {}
+        for n in g.nodes:
+            if mode[n] != "win":
+                continue
+            if n.rule in ("conv", "pool", "delta", "input"):
+                fresh[n] = True
+            elif n.rule == "pad":
+                a = self._asm.get((n.name, _local_inputs(n)[0].name))
+                fresh[n] = a is not None and not a.direct and a.host is None and a.users == 1
+            elif n.rule == "view" or n.target in _IDENTITY or n.target in (aten.dropout.default,
+                                                                             aten.feature_dropout.default):
+                i = _local_inputs(n)[0]
+                fresh[n] = fresh.get(i, False) and len(i.consumers) == 1
+            else:
+                fresh[n] = True
+        outs_set = set(out_nodes)
+        self._exclusive = {n for n, f in fresh.items()
+                           if f and len(n.consumers) == 1 and n not in outs_set}
         self._need_ref = need_ref
         self._bytes_per_mutant = bytes_per
         # reference bytes per sequence (for the cache block size)
@@ -1384,6 +1434,30 @@ class IncrementalPredictor:
         v = env.get(src.node)
         if a.direct:
             return v
+        if a.host is not None:
+            h = self._asm[a.host]
+            buf = self._assembled(a.host, h, src, v, ctx)
+            return _uncanon(buf[:, :, a.rel:a.rel + a.width], src.shape, src.ldim)
+        if a.users > 1:
+            buf = self._assembled((consumer, src.name), a, src, v, ctx)
+            return _uncanon(buf, src.shape, src.ldim)
+        return _uncanon(self._assemble3(a, src, v, ctx), src.shape, src.ldim)
+
+    def _assembled(self, key: Tuple[str, str], a: _Assembly, src: _Node, v: Any,
+                   ctx: Dict[str, Any]) -> torch.Tensor:
+        """A host assembly (canonical 3-D), computed once per batch and shared by its users."""
+        cache = ctx.setdefault("asm", {})
+        ent = cache.get(key)
+        if ent is None:
+            ent = [self._assemble3(a, src, v, ctx), a.users]
+            cache[key] = ent
+        ent[1] -= 1
+        buf = ent[0]
+        if ent[1] <= 0:
+            del cache[key]
+        return buf
+
+    def _assemble3(self, a: _Assembly, src: _Node, v: Any, ctx: Dict[str, Any]) -> torch.Tensor:
         pos = ctx["pos"]
         q = None if a.q0 is not None else a.q_tab[pos] + a.mlo
         base = _gather_ref(self._ref_padded(a), ctx["rows"], q, a.width,
@@ -1400,7 +1474,7 @@ class IncrementalPredictor:
                 if bool((rr == rr[0]).all()):
                     r0 = int(rr[0])
             base = _overlay(base, win, r, r0, fits)
-        return _uncanon(base, src.shape, src.ldim)
+        return base
 
     def _full_of(self, i: _Node, env: Dict[Any, Any], ctx: Dict[str, Any], consumer: str) -> Any:
         m = self._mode[i]
@@ -1502,15 +1576,18 @@ class IncrementalPredictor:
         # pointwise / view: call the op on the windows
         fx = n.node
         vals: Dict[Any, Any] = {}
+        owned = set()
         for i in n.inputs:
             if i.kind == _CONST:
                 vals[i.node] = self._const[i.node]
             elif i.kind == _SYM:
                 vals[i.node] = env[i.node]
-            elif self._mode[i] == "ref" or (n.name, i.name) in self._asm:
+            elif self._mode[i] == "ref" or ((n.name, i.name) in self._asm and not self._asm[(n.name, i.name)].direct):
                 vals[i.node] = self._assemble(n.name, i, env, ctx)
             else:
                 vals[i.node] = env[i.node]
+                if i in self._exclusive:
+                    owned.add(i.node)
         a = torch.fx.node.map_arg(fx.args, lambda v: vals[v])
         k = torch.fx.node.map_arg(fx.kwargs, lambda v: vals[v])
         if rule == "view":
@@ -1518,7 +1595,42 @@ class IncrementalPredictor:
             shape[0] = ctx["M"]
             shape[n.ldim] = n.width
             return a[0].reshape(shape)
-        return fx.target(*a, **k)
+        t = n.target
+        if t in _NOOP_WINDOW and not k:
+            if t is not aten.dropout.default or not a[2]:
+                return a[0]
+        if owned:
+            r = self._inplace(t, fx.args, a, k, owned)
+            if r is not None:
+                return r
+        return t(*a, **k)
+
+    @staticmethod
+    def _inplace(t: Any, fargs: Tuple, a: Tuple, k: Dict[str, Any], owned: set) -> Optional[torch.Tensor]:
+        """Run a pointwise op in place on an input buffer nobody else reads, if the op allows."""
+        unary = _INPLACE_UNARY.get(t)
+        if unary is not None:
+            if fargs and fargs[0] in owned and not k and len(a) == 1:
+                return unary(a[0])
+            return None
+        binary = _INPLACE_BINARY.get(t)
+        if binary is None or len(a) != 2 or any(kk != "alpha" for kk in k):
+            return None
+        x, y = a
+        cand = []
+        if fargs[0] in owned:
+            cand.append((x, y))
+        if isinstance(fargs[1], torch.fx.Node) and fargs[1] in owned and t in _COMMUTATIVE and not k:
+            cand.append((y, x))
+        for dst, other in cand:
+            if not isinstance(dst, torch.Tensor):
+                continue
+            if isinstance(other, torch.Tensor):
+                if torch.broadcast_shapes(dst.shape, other.shape) != dst.shape or \
+                        torch.result_type(dst, other) != dst.dtype:
+                    continue
+            return binary(dst, other, **k)
+        return None
 
     def _global_step(self, n: _Node, env: Dict[Any, Any], ctx: Dict[str, Any]) -> Any:
         fx = n.node
