@@ -32,7 +32,6 @@ Example:
     [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
 """
 
-from __future__ import annotations
 
 import contextlib
 import math
