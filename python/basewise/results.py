@@ -4,10 +4,14 @@ Why HDF5 (through h5py) rather than zarr: one self-describing file that is easy 
 that cluster file systems handle well (zarr writes one file per chunk: hundreds of thousands for a
 large run), readable without basewise from Python (h5py), R (rhdf5), Julia (HDF5.jl), MATLAB
 and the command line (h5dump, h5ls), and already the format of TF-MoDISco's results. Datasets
-are chunked along regions and gzip-compressed (the one filter every HDF5 build has), and the file
-is written in HDF5's single-writer/multiple-reader mode (SWMR, HDF5 >= 1.10), which keeps it
-consistent on disk after every flush, so a killed run leaves a readable file, and other programs
-can read it while it is written (``h5py.File(path, "r", swmr=True)``).
+are chunked along regions and gzip-compressed (the one filter every HDF5 build has). Each batch
+of scores is flushed to disk before its regions are marked done, so an interrupted run (Ctrl-C,
+SIGTERM from a batch scheduler, an exception, even SIGKILL between writes) leaves a readable file
+whose done regions are complete. HDF5 has no journal: a SIGKILL *during* the short flush of a
+batch can damage the file's metadata. The file uses the oldest HDF5 format features (no SWMR
+"open for writing" flag, which would make a crashed file unopenable without ``h5clear``); while a
+run writes it, HDF5's file lock keeps other writers out (readers can open a copy, or set
+``HDF5_USE_FILE_LOCKING=FALSE``).
 
 Layout (N regions, sequence length L)::
 
@@ -180,16 +184,14 @@ class ResultsWriter:
         self.resumed = os.path.exists(self.path) and not overwrite
         try:
             if self.resumed:
-                self._f = h5py.File(self.path, "r+", libver="latest")
+                self._f = h5py.File(self.path, "r+")
                 self._check_existing()
             else:
-                self._f = h5py.File(self.path, "w", libver="latest")
+                self._f = h5py.File(self.path, "w")
                 self._create()
         except OSError as e:
             raise OSError(f"cannot open results file {self.path!r} for writing: {e}") from None
         self._done = self._f["done"][()].astype(bool)  # (N,)
-        if "scores" in self._f:
-            self._start_swmr()
 
     # -- creation and checks ------------------------------------------------------------------
     def _create(self) -> None:
@@ -253,12 +255,6 @@ class ResultsWriter:
                 + "); use another output path or overwrite it"
             )
 
-    def _start_swmr(self) -> None:
-        try:
-            self._f.swmr_mode = True
-        except (ValueError, OSError):  # pragma: no cover - file systems without SWMR support
-            pass
-
     # -- writing -------------------------------------------------------------------------------
     @property
     def done(self) -> np.ndarray:
@@ -297,8 +293,6 @@ class ResultsWriter:
                 chunks=(rows,) + scores.shape[1:], compression=self.compression,
                 fillvalue=np.nan if np.issubdtype(scores.dtype, np.floating) else 0,
             )
-            f.flush()
-            self._start_swmr()
         dset = f["scores"]
         if dset.shape[1:] != scores.shape[1:] or dset.dtype != scores.dtype:
             raise ResultsMismatchError(
@@ -346,10 +340,7 @@ class Results:
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"results file {self.path!r} does not exist")
-        try:
-            self._f = h5py.File(self.path, "r", libver="latest", swmr=True)
-        except OSError:
-            self._f = h5py.File(self.path, "r")
+        self._f = h5py.File(self.path, "r")
         if self._f.attrs.get("format") != FORMAT:
             self._f.close()
             raise ValueError(f"{self.path!r} is not a basewise results file")
