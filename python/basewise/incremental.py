@@ -61,6 +61,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+try:  # native window ops (C++/CUDA); plain PyTorch fallbacks below serve as references
+    from . import ops as _ops
+except Exception:  # pragma: no cover - the native module is part of the package build
+    _ops = None
+
 from ._model import is_lightning_like, make_forward, model_device, model_dtype, preserved_model_state
 
 __all__ = ["plan_ism", "IsmPlan", "LayerInfo", "IncrementalPredictor", "INCREMENTAL_MIN_RATIO"]
@@ -578,6 +583,29 @@ def _analyse(g: _Graph, length: int) -> IsmPlan:
             n.width = w
             n.off = np.clip(np.where(hi > lo, lo, n.dlo), n.dlo, n.dhi - w).astype(np.int64)
 
+    # pull back: a tensor whose only consumer is a pool / crop / pointwise op gets exactly the
+    # window that consumer reads, so the consumer uses it without a gather (fastISM's segments)
+    for n in reversed(g.nodes):
+        if n.kind != _LOCAL or n.width == 0 or n.rule == "input" or n in out_set or len(n.consumers) != 1:
+            continue
+        c = n.consumers[0]
+        if c.kind != _LOCAL or c.width == 0 or len(_local_inputs(c)) != 1:
+            continue
+        if c.rule == "pool":
+            p = c.params
+            q = c.off * p["s"] - p["pl"]
+            w = (c.width - 1) * p["s"] + (p["k"] - 1) * p["d"] + 1
+        elif c.rule == "pad":
+            q, w = c.off - c.params["pl"], c.width
+        elif c.rule in ("pointwise", "view") and c.length == n.length:
+            q, w = c.off, c.width
+        else:
+            continue
+        if w >= n.length:
+            n.width, n.off = n.length, np.zeros(L, dtype=np.int64)
+        else:
+            n.width, n.off = w, np.clip(q, 0, n.length - w).astype(np.int64)
+
     # first-layer delta: conv1d reading the one-hot input directly
     for n in g.nodes:
         if n.kind == _LOCAL and n.rule == "conv" and n.inputs[0] is inp and n.params["groups"] == 1 \
@@ -1063,6 +1091,7 @@ class _Assembly:
     fits_all: bool  # input window inside the requested one for every p
     fits_tab: Optional[torch.Tensor]
     q_np: Optional[np.ndarray] = None
+    direct_tab: Optional[torch.Tensor] = None  # per p: the input window is the requested one
     host: Optional[Tuple[str, str]] = None  # reuse a wider assembly of the same source ...
     rel: int = 0  # ... at this constant offset
     users: int = 1  # number of consumers reading this (host) assembly per batch
@@ -1111,6 +1140,9 @@ class IncrementalPredictor:
         self.ref_idx = ref_idx.to(torch.long)
         self.B, self.L = ref_idx.shape
         self.cache_bytes = int(cache_bytes)
+        self._native = (_ops is not None and self.dtype in _ops.FLOAT_DTYPES
+                        and self.device.type in ("cpu", "cuda"))
+        self.ref_u8 = ref_idx.to(torch.uint8).contiguous()
         with torch.no_grad():
             self._bind()
             self._prepare()
@@ -1205,10 +1237,17 @@ class IncrementalPredictor:
                     r0 = int(r[0])
                 if not fits_all:
                     fits_tab = torch.as_tensor(fits, device=dev)
+                if not direct and src.width == width and np.mean(r == 0) > 0.5:
+                    direct_tab_np = r == 0
+                else:
+                    direct_tab_np = None
+            else:
+                direct_tab_np = None
             if not direct:
                 need_ref.add(src)
             self._asm[key] = _Assembly(src, torch.as_tensor(q_tab, device=dev), width, pad, q0, mlo, mhi,
-                                       direct, r0, fits_all, fits_tab, q_tab)
+                                       direct, r0, fits_all, fits_tab, q_tab,
+                                       None if direct_tab_np is None else torch.as_tensor(direct_tab_np, device=dev))
 
         for n in g.nodes:
             m = mode[n]
@@ -1434,6 +1473,8 @@ class IncrementalPredictor:
         v = env.get(src.node)
         if a.direct:
             return v
+        if a.direct_tab is not None and bool(a.direct_tab[ctx["pos"]].all()):
+            return v
         if a.host is not None:
             h = self._asm[a.host]
             buf = self._assembled(a.host, h, src, v, ctx)
@@ -1457,24 +1498,37 @@ class IncrementalPredictor:
             del cache[key]
         return buf
 
+    def _gather(self, a: _Assembly, ctx: Dict[str, Any]) -> torch.Tensor:
+        """Reference windows [q, q + width) of a.src (pad value outside), (M, C, width)."""
+        pos = ctx["pos"]
+        if self._native and (a.pad is None or a.pad == 0.0):
+            q = a.q_tab[pos] if a.q0 is None else ctx.setdefault(("q0", a.q0), torch.full_like(pos, a.q0))
+            return _ops.gather_windows(self._ref3(a.src), ctx["rows"], q, a.width, check=False)
+        q = None if a.q0 is not None else a.q_tab[pos] + a.mlo
+        return _gather_ref(self._ref_padded(a), ctx["rows"], q, a.width,
+                           None if a.q0 is None else a.q0 + a.mlo)
+
     def _assemble3(self, a: _Assembly, src: _Node, v: Any, ctx: Dict[str, Any]) -> torch.Tensor:
         pos = ctx["pos"]
-        q = None if a.q0 is not None else a.q_tab[pos] + a.mlo
-        base = _gather_ref(self._ref_padded(a), ctx["rows"], q, a.width,
-                           None if a.q0 is None else a.q0 + a.mlo)
-        if self._mode[src] == "win":
-            win = _canon(v, src.ldim)
-            r = None
-            if a.r0 is None or not a.fits_all:
-                r = self._off[src.name][pos] - a.q_tab[pos]
-            fits = a.fits_all or bool(a.fits_tab[pos].all())
-            r0 = a.r0
-            if r0 is None and fits:
-                rr = r
-                if bool((rr == rr[0]).all()):
-                    r0 = int(rr[0])
-            base = _overlay(base, win, r, r0, fits)
-        return base
+        if self._mode[src] != "win":
+            return self._gather(a, ctx)
+        win = _canon(v, src.ldim)
+        r = None
+        if a.r0 is None or not a.fits_all:
+            r = self._off[src.name][pos] - a.q_tab[pos]
+        fits = a.fits_all or bool(a.fits_tab[pos].all())
+        if self._native and a.q0 == 0 and a.width == src.length:  # splice into the reference
+            return _ops.splice_windows(self._ref3(src), ctx["rows"], self._off[src.name][pos],
+                                       win.contiguous(), check=False)
+        base = self._gather(a, ctx)
+        r0 = a.r0
+        if r0 is None and fits:
+            if bool((r == r[0]).all()):
+                r0 = int(r[0])
+        if not fits and self._native:
+            return _ops.splice_windows(base, torch.arange(base.shape[0], device=base.device), r,
+                                       win.contiguous(), check=False)
+        return _overlay(base, win, r, r0, fits)
 
     def _full_of(self, i: _Node, env: Dict[Any, Any], ctx: Dict[str, Any], consumer: str) -> Any:
         m = self._mode[i]
@@ -1543,6 +1597,12 @@ class IncrementalPredictor:
             w = n.width
             rows = ctx["rows"]
             a_off = self._off[n.name][pos]
+            if self._native:
+                pre = _ops.gather_windows(self._ref3(n), rows, a_off, w, check=False)
+                mut = torch.stack([ctx["seq"], pos, ctx["base"]], 1)
+                _ops.conv_delta_(pre, self._const[n.inputs[1].node], mut, self.ref_u8, a_off,
+                                 p["s"], p["pl"], p["d"], check=False)
+                return pre
             r = self._ref3(n)
             key = ("P", n.name, 0.0, 0, 1)
             rp = self._cache.get(key)
@@ -1638,9 +1698,7 @@ class IncrementalPredictor:
             src = _local_inputs(n)[0]
             win = env[src.node]
             a = self._asm[(n.name, src.name)]
-            refw = _gather_ref(self._ref_padded(a), ctx["rows"],
-                               None if a.q0 is not None else a.q_tab[ctx["pos"]] + a.mlo, a.width,
-                               None if a.q0 is None else a.q0 + a.mlo)
+            refw = self._gather(a, ctx)
             delta = win - _uncanon(refw, src.shape, src.ldim)
             p = n.params
             d = delta.sum(dim=p["dims"], keepdim=p["keepdim"])
@@ -1650,9 +1708,7 @@ class IncrementalPredictor:
             win = env[src.node]
             a = self._asm[(n.name, src.name)]
             pos = ctx["pos"]
-            refw = _gather_ref(self._ref_padded(a), ctx["rows"],
-                               None if a.q0 is not None else a.q_tab[pos] + a.mlo, a.width,
-                               None if a.q0 is None else a.q0 + a.mlo)
+            refw = self._gather(a, ctx)
             delta = _canon(win, src.ldim) - refw  # (M, C, W)
             wp = n.params["_wp"]  # (Lt, C, N)
             M, C, W = delta.shape
