@@ -17,6 +17,8 @@
 
 #if defined(__CUDACC__)
 #define BW_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__) || defined(__clang__)
+#define BW_HD inline __attribute__((always_inline))
 #else
 #define BW_HD inline
 #endif
@@ -129,6 +131,42 @@ BW_HD uint16_t f32_to_f16(float f) {
   uint32_t m = absw + 0xfffu + ((absw >> 13) & 1u);
   m -= 0x38000000u;  // rebias exponent 127 -> 15
   return static_cast<uint16_t>(sign | (m >> 13));
+}
+
+// log2 of a float32, correctly rounded except in astronomically rare near-ties: the mantissa's
+// logarithm is evaluated in double precision (atanh series, relative error < 1e-15) and rounded
+// once to float. Branch-free, so the CPU loop vectorises, and the same code runs on CUDA, so CPU
+// and GPU results are bit-identical. Special values as IEEE/numpy: log2(+-0) = -inf,
+// log2(x < 0) = nan, log2(nan) = nan, log2(+inf) = +inf.
+BW_HD float log2_cr(float x) {
+  const uint32_t u = f32_bits(x);
+  const bool sub = u < 0x00800000u;                // +0 or positive subnormal
+  const float xs = x * (sub ? 8388608.0f : 1.0f);  // scale subnormals by 2^23
+  const uint32_t us = f32_bits(xs);
+  int32_t e = static_cast<int32_t>((us >> 23) & 0xffu) - 127 - (sub ? 23 : 0);
+  const float mf = f32_from_bits((us & 0x007fffffu) | 0x3f800000u);  // [1, 2)
+  const bool big = mf > 1.41421356f;
+  const double m = static_cast<double>(mf) * (big ? 0.5 : 1.0);  // [sqrt(1/2), sqrt(2))
+  e += static_cast<int32_t>(big);
+  const double s = (m - 1.0) / (m + 1.0);  // |s| <= 0.1716
+  const double s2 = s * s;
+  // 2 / ((2k + 1) ln 2) for k = 0..8
+  double p = 0.16972882833987804;  // k = 8
+  p = p * s2 + 0.19235933878519512;
+  p = p * s2 + 0.2219530832136867;
+  p = p * s2 + 0.2623081892525388;
+  p = p * s2 + 0.3205988979753252;
+  p = p * s2 + 0.41219858311113244;
+  p = p * s2 + 0.5770780163555853;
+  p = p * s2 + 0.9617966939259757;
+  p = p * s2 + 2.8853900817779268;
+  float r = static_cast<float>(static_cast<double>(e) + s * p);
+  const uint32_t ax = u & 0x7fffffffu;
+  r = (ax == 0u) ? -__builtin_huge_valf() : r;                    // +-0
+  r = (u == 0x7f800000u) ? x : r;                                  // +inf
+  const bool neg_or_nan = ((u >> 31) != 0u) & (ax != 0u);
+  r = (neg_or_nan | (ax > 0x7f800000u)) ? __builtin_nanf("") : r;  // < 0, nan
+  return r;
 }
 
 template <typename T>

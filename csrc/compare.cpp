@@ -13,10 +13,8 @@ BW_CLONES static void sub_row(float* __restrict x, const float* __restrict r, in
 BW_CLONES static void div_row(float* __restrict x, const float* __restrict r, int64_t S) {
   for (int64_t s = 0; s < S; ++s) x[s] = x[s] / r[s];
 }
-// log2f from libm (glibc: < 1 ulp); not vectorised, as no vector log2f of that accuracy is
-// portable.
-static void log2fc_row(float* __restrict x, const float* __restrict r, int64_t S) {
-  for (int64_t s = 0; s < S; ++s) x[s] = std::log2(x[s] / r[s]);
+BW_CLONES static void log2fc_row(float* __restrict x, const float* __restrict r, int64_t S) {
+  for (int64_t s = 0; s < S; ++s) x[s] = log2_cr(x[s] / r[s]);
 }
 
 void compare_cpu(const CompareArgs& a) {

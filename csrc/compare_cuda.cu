@@ -1,4 +1,4 @@
-// CUDA kernel: compare_ in place (IEEE division and full-precision log2f; built with -fmad=false
+// CUDA kernel: compare_ in place (IEEE division and basewise's log2_cr; built with -fmad=false
 // and without fast-math, so x / 0 and log2 of non-positive ratios give inf / nan like numpy).
 #include "cuda_util.cuh"
 
@@ -15,7 +15,7 @@ __global__ void compare_kernel(CompareArgs a) {
     else if (a.kind == kDivide)
       y = __fdiv_rn(x, r);
     else
-      y = log2f(__fdiv_rn(x, r));
+      y = log2_cr(__fdiv_rn(x, r));  // same code as the CPU: identical bits
     a.preds[i] = y;
   }
 }

@@ -251,6 +251,20 @@ def test_compare_matches_numpy(device, B, P, S, kind, seed, specials):
     assert_same_floats(preds, expected, rtol=0 if kind != "log2FC" else 2e-7)
 
 
+@device_param
+def test_log2fc_is_correctly_rounded(device):
+    """log2FC = float32 ratio, then log2 correctly rounded (numpy's own SIMD log2 may be 1 ulp off)."""
+    gen = torch.Generator().manual_seed(5)
+    preds = torch.randn(3, 500, 4, 7, generator=gen) * 10.0 ** torch.randint(-30, 30, (3, 500, 4, 7), generator=gen).float()
+    ref = torch.randn(3, 7, generator=gen).abs() + 1e-3
+    ratio = (preds / ref.view(3, 1, 1, 7)).numpy()
+    with np.errstate(all="ignore"):
+        want = np.log2(ratio.astype(np.float64)).astype(np.float32)
+    got = preds.to(device)
+    ops.compare_(got, ref.to(device), "log2FC")
+    assert_same_floats(got, want, rtol=0)
+
+
 def test_compare_grelu_worked_examples():
     # spec 2.6: CCC with log2FC gives [-inf, 0, -0.585, -0.585]; with divide [-0.0, 1, 0.667, 0.667]
     preds = torch.tensor([0.0, -2.0, -4 / 3, -4 / 3]).view(1, 1, 4)
