@@ -86,8 +86,9 @@ def test_resume_with_same_arguments_lists_remaining_regions(tmp_path):
 def test_refuses_to_resume_a_different_run(tmp_path, change):
     path = tmp_path / "r.h5"
     regions, args = make_regions(4), {"compare_func": "subtract"}
-    with ResultsWriter(path, "ism", regions, 6, args):
-        pass
+    rng = np.random.default_rng(5)
+    with ResultsWriter(path, "ism", regions, 6, args) as w:
+        w.write([1], *random_batch(rng, [1]))
     kw = dict(kind="ism", regions=regions, seq_len=6, arguments=args)
     if change == "arguments":
         kw["arguments"] = {"compare_func": "log2FC"}
@@ -180,3 +181,13 @@ def test_file_survives_a_killed_writer_and_resumes(tmp_path):
     with open_results(path) as r:
         assert r.complete
         assert r.scores[:, 0, 0, 0, 0].tolist() == [1, 1, 2, 2, 3, 3]
+
+
+def test_a_file_without_finished_regions_is_started_afresh(tmp_path):
+    path = tmp_path / "empty.h5"
+    with ResultsWriter(path, "ism", make_regions(3), 6, {"compare_func": "subtract"}):
+        pass  # e.g. the run failed before its first chunk
+    with ResultsWriter(path, "attribution", make_regions(2), 5, {"method": "saliency"}) as w:
+        assert not w.resumed and w.todo().tolist() == [0, 1]
+    with open_results(path) as r:
+        assert r.kind == "attribution" and len(r) == 2

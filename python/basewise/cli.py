@@ -41,6 +41,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from .ism import ISM_predict as _probe_ism  # bound at import: the probe is not a chunk of the run
+
 __all__ = ["main", "build_parser", "load_model", "read_regions", "CLIError"]
 
 
@@ -227,6 +229,19 @@ def _wrap_exported(gm: Any) -> Any:
     return _Exported(gm)
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    import logging
+
+    logger = logging.getLogger(name)
+    old = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -268,7 +283,8 @@ def load_model(spec: str) -> Tuple[Any, Dict[str, Any]]:
         elif ext == ".pt2":
             ident["kind"] = "torch.export"
             try:
-                model = _wrap_exported(torch.export.load(spec).module())
+                with _quiet_logger("torch.export"):  # it logs a traceback before raising
+                    model = _wrap_exported(torch.export.load(spec).module())
             except Exception as e:
                 raise CLIError(f"--model: cannot read {spec!r} as a torch.export program (.pt2): {_first_line(e)}") from None
         else:
@@ -415,6 +431,20 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def _probe(model, transform, regions: _Regions, start: int, devices) -> None:
+    """One reference and 3 mutants of the first region through the model and the transform,
+    before the output file is created: model/input/transform mismatches fail here, in a second."""
+    seq = regions.fetch(np.array([0]))
+    try:
+        _probe_ism(seq, model, prediction_transform=transform, start_pos=start, end_pos=start + 1,
+                    devices=devices, engine="full", progress=False, return_df=False)
+    except Exception as e:  # anything the model raises on these inputs is a user-level mismatch
+        raise CLIError(
+            f"--model: it cannot score the regions ({regions.seq_len} bp) with these options: "
+            f"{type(e).__name__}: {_first_line(e)}"
+        ) from None
+
+
 def _run_chunks(args, regions: _Regions, kind: str, arguments: Dict[str, Any], compute: Callable,
                 out=None) -> int:
     """Compute ``compute(seqs) -> (n, ...) array`` chunk by chunk into the results file."""
@@ -494,6 +524,8 @@ def _cmd_ism(args) -> int:
     arguments = _common_arguments(args, ident, topts)
     arguments.update(start_pos=start, end_pos=end, compare_func=args.compare, dtype=args.dtype)
 
+    _probe(model, transform, regions, start, devices)
+
     def compute(seqs: List[str]) -> np.ndarray:
         return ISM_predict(
             seqs, model, prediction_transform=transform, start_pos=start, end_pos=end,
@@ -521,6 +553,7 @@ def _cmd_attribute(args) -> int:
     arguments.update(method=args.method, hypothetical=args.hypothetical, correct_grad=args.correct_grad,
                      n_shuffles=args.n_shuffles, seed=args.seed, target=args.target)
     device = _parse_devices(args.device)
+    _probe(model, transform, regions, 0, device)
 
     def compute(seqs: List[str]) -> np.ndarray:
         a = get_attributions(
@@ -544,7 +577,7 @@ def _run_guarded(args, regions, kind, arguments, compute) -> int:
             if args.quiet:
                 warnings.simplefilter("ignore")
             return _run_chunks(args, regions, kind, arguments, compute)
-    except (SequenceInputError, ValueError, NotImplementedError) as e:
+    except (SequenceInputError, ValueError, NotImplementedError, IndexError) as e:
         if isinstance(e, CLIError):
             raise
         raise CLIError(f"{args.command}: {type(e).__name__}: {_first_line(e)}") from e

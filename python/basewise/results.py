@@ -129,7 +129,8 @@ class ResultsWriter:
 
     Opening an existing file resumes it: its kind, arguments, regions and sequence length must
     equal the ones given (otherwise :class:`ResultsMismatchError`), and :meth:`todo` lists the
-    regions not yet written. ``overwrite=True`` starts afresh instead.
+    regions not yet written. ``overwrite=True`` starts afresh instead, and so does a basewise
+    results file with no finished region (nothing in it can be lost).
 
     Args:
         path: the HDF5 file.
@@ -185,8 +186,16 @@ class ResultsWriter:
         try:
             if self.resumed:
                 self._f = h5py.File(self.path, "r+")
-                self._check_existing()
-            else:
+                try:
+                    self._check_existing()
+                except ResultsMismatchError:
+                    if self._f.attrs.get("format") != FORMAT or "done" not in self._f or self._f["done"][()].any():
+                        self._f.close()
+                        raise
+                    # a basewise file with no finished region: nothing to keep, start afresh
+                    self._f.close()
+                    self.resumed = False
+            if not self.resumed:
                 self._f = h5py.File(self.path, "w")
                 self._create()
         except OSError as e:
