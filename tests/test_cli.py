@@ -286,6 +286,15 @@ def test_errors_are_one_line_with_exit_code_2(files, tmp_path, capsys):
         assert not (tmp_path / f"{name}.h5").exists(), name  # checked before the output is created
 
 
+def test_deepshap_refuses_compiled_models(files, tmp_path, capsys):
+    d = files["dir"]
+    for model in ("model.ts", "model.pt2"):
+        rc, _, err = run(["attribute", "-m", d / model, "--fasta", d / "seqs.fa", "-o", tmp_path / "a.h5", "-q"],
+                         capsys)
+        assert rc == 2 and "module:function" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "a.h5").exists()
+
+
 def test_error_exit_code_from_a_real_process(files, tmp_path):
     d = files["dir"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))

@@ -539,6 +539,12 @@ def _cmd_ism(args) -> int:
 def _cmd_attribute(args) -> int:
     regions = read_regions(args.fasta, args.bed, args.genome, args.width)
     model, ident = load_model(args.model)
+    if args.method == "deepshap" and ident["kind"] in ("torchscript", "torch.export"):
+        raise CLIError(
+            f"--method deepshap: a {ident['kind']} model hides its layers (nn.ReLU, ...) from DeepLIFT's "
+            "rules, so it would be explained as if it were linear; pass the model as module:function "
+            "(or a gReLU .ckpt), or use another --method"
+        )
     transform, topts = _build_transform(args, model)
     try:
         from .attribution import get_attributions
