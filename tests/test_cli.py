@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from basewise.results import open_results  # noqa: E402
 from basewise.sequence import intervals_to_strings, reverse_complement  # noqa: E402
 from basewise.transforms import Aggregate  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # TorchScript stays supported
+
 L = 24
 MODEL_SRC = textwrap.dedent("""
     import os, signal, torch
@@ -29,10 +32,11 @@ MODEL_SRC = textwrap.dedent("""
             super().__init__()
             torch.manual_seed(0)
             self.conv = torch.nn.Conv1d(4, 3, 5, padding=2)
+            self.act = torch.nn.ReLU()  # a module, so deepshap's rescale rule applies
             self.head = torch.nn.Conv1d(3, 2, 1)
 
         def forward(self, x):
-            return self.head(torch.relu(self.conv(x)))
+            return self.head(self.act(self.conv(x)))
 
     def build():
         return Tiny()
@@ -123,6 +127,8 @@ def test_ism_fasta_with_transform_equals_ISM_predict(files, tmp_path, capsys):
         # batch composition differs (chunks of 2 vs all 5): float32 rounding of outputs of size ~0.1-1
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
         assert r.arguments["transform"]["tasks"] == [1] and r.arguments["compare_func"] == "subtract"
+        info = r.info
+        assert info["command_line"].startswith("basewise ism -m ") and info["inputs"]["fasta"].endswith("seqs.fa")
         df = r.ism_dataframe(2)
         assert list(df.columns) == list(files["seqs"][2][3:21])
 
@@ -333,8 +339,10 @@ def test_attribute_deepshap_hypothetical_then_modisco_export(files, tmp_path, ca
     rc, _, err = run(argv, capsys)
     assert rc == 0, err
     agg = Aggregate(length_aggfunc="sum", task_aggfunc="sum")
-    want = attribution.get_attributions(files["mod"].build(), files["seqs"], prediction_transform=agg,
-                                        hypothetical=True, n_shuffles=3, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # DeepLIFT converges: the ReLU rule is used
+        want = attribution.get_attributions(files["mod"].build(), files["seqs"], prediction_transform=agg,
+                                            hypothetical=True, n_shuffles=3, seed=1)
     with open_results(out) as r:
         np.testing.assert_allclose(r.scores[()], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
     rc, stdout, err = run(["modisco", out, "-o", tmp_path / "mod"], capsys)

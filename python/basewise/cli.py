@@ -463,6 +463,7 @@ def _run_chunks(args, regions: _Regions, kind: str, arguments: Dict[str, Any], c
         writer = ResultsWriter(
             args.output, kind, regions.table, regions.seq_len, arguments, overwrite=args.overwrite,
             chunk_regions=args.chunk_size, compression=None if args.compression == "none" else args.compression,
+            info={"command_line": args.command_line, "inputs": regions.info, "model": args.model},
         )
     except ResultsMismatchError as e:
         raise CLIError(f"--output: {_first_line(e)} (--overwrite)") from None
@@ -737,6 +738,7 @@ _COMMANDS = {"demo": _cmd_demo, "ism": _cmd_ism, "attribute": _cmd_attribute, "m
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["basewise"] + [str(a) for a in (sys.argv[1:] if argv is None else argv)])
     try:
         return _COMMANDS[args.command](args)
     except CLIError as e:

@@ -17,7 +17,8 @@ Layout (N regions, sequence length L)::
 
     /                  attrs: format = "basewise-results", format_version = 1,
                               kind = "ism" | "attribution", arguments (JSON text of the run's
-                              arguments), basewise_version, n_regions, seq_len, score_axes
+                              arguments), info (JSON: command line, input paths),
+                              basewise_version, n_regions, seq_len, score_axes
     /regions/name      (N,) str    region or FASTA record name
     /regions/chrom     (N,) str    chromosome (the FASTA record for FASTA input)
     /regions/start     (N,) int64  0-based start (0 for FASTA input)
@@ -144,6 +145,8 @@ class ResultsWriter:
             Default 64.
         compression: "gzip" (readable everywhere), "lzf" (faster, h5py only) or None.
             Default "gzip".
+        info: provenance stored with a new file as the JSON attribute ``info`` (command line,
+            input paths); not compared on resume. Default None.
 
     Example:
         >>> import tempfile, os
@@ -166,6 +169,7 @@ class ResultsWriter:
         overwrite: bool = False,
         chunk_regions: int = 64,
         compression: Optional[str] = "gzip",
+        info: Optional[Dict[str, Any]] = None,
     ):
         h5py = _h5py()
         if kind not in KINDS:
@@ -180,6 +184,7 @@ class ResultsWriter:
         self.n = len(self.regions)
         self.seq_len = int(seq_len)
         self.arguments_json = _canonical(arguments)
+        self.info_json = _canonical(info or {})
         self.chunk_regions = max(1, int(chunk_regions))
         self.compression = compression
         self.resumed = os.path.exists(self.path) and not overwrite
@@ -210,6 +215,7 @@ class ResultsWriter:
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["kind"] = self.kind
         f.attrs["arguments"] = self.arguments_json
+        f.attrs["info"] = self.info_json
         f.attrs["n_regions"] = self.n
         f.attrs["seq_len"] = self.seq_len
         f.attrs["score_axes"] = SCORE_AXES[self.kind]
@@ -335,6 +341,7 @@ class Results:
     Attributes:
         kind: "ism" or "attribution".
         arguments: dict of the run's arguments.
+        info: dict of provenance (command line, input paths), if stored.
         regions: DataFrame (name, chrom, start, end, strand), one row per region.
         done: bool (N,) mask of the written regions.
         scores: the h5py dataset of scores (index it to read: ``r.scores[10:20]``).
@@ -355,6 +362,7 @@ class Results:
             raise ValueError(f"{self.path!r} is not a basewise results file")
         self.kind = str(self._f.attrs["kind"])
         self.arguments = json.loads(self._f.attrs["arguments"])
+        self.info = json.loads(self._f.attrs.get("info", "{}"))
         self.regions = _read_regions(self._f["regions"])
         self.done = self._f["done"][()].astype(bool)
         self.sequences = self._f["sequences"]
