@@ -79,7 +79,7 @@ def all_mutants(ref: torch.Tensor, positions=None) -> torch.Tensor:
 
 
 def check_exact(model, length, *, transform=None, b=2, seed=0, positions=None, max_batch=None,
-                expect_local=True):
+                expect_local=True, native=True):
     rng = np.random.RandomState(seed)
     plan = plan_ism(model, length, prediction_transform=transform)
     assert plan.supported, plan.reason
@@ -87,6 +87,8 @@ def check_exact(model, length, *, transform=None, b=2, seed=0, positions=None, m
         assert plan.n_local > 0, str(plan)
     ref = random_ref(rng, b, length)
     pred = IncrementalPredictor(plan, ref, max_batch=max_batch)
+    if not native:
+        pred._native = False  # the plain-PyTorch window helpers (reference for the native ops)
     with torch.no_grad():
         r = pred.reference()
     r_full = naive(model, transform, ref, torch.tensor([[s, 0, int(ref[s, 0])] for s in range(b)]))
@@ -129,7 +131,7 @@ class RandomNet(nn.Module):
         self.kinds = []
         n_blocks = int(rng.randint(2, 5))
         for _ in range(n_blocks):
-            kind = rng.choice(["conv", "res", "pool", "bnact", "crop", "cat", "stride", "pad", "ln"])
+            kind = rng.choice(["conv", "res", "pool", "bnact", "crop", "cat", "stride", "pad", "ln", "tconv"])
             if kind == "conv":
                 k = int(rng.choice([1, 2, 3, 4, 5, 7]))
                 d = int(rng.choice([1, 1, 2, 3]))
@@ -149,6 +151,14 @@ class RandomNet(nn.Module):
                 p = int(rng.randint(0, k // 2 + 1))
                 mod = nn.Conv1d(c, c, k, stride=s, padding=p)
                 cur = (cur + 2 * p - k) // s + 1
+            elif kind == "tconv":
+                k = int(rng.choice([1, 2, 3, 4]))
+                s = int(rng.choice([1, 2, 3]))
+                d = int(rng.choice([1, 2]))
+                p = int(rng.randint(0, (k - 1) * d // 2 + 1))
+                op = int(rng.randint(0, max(s, d)))
+                mod = nn.ConvTranspose1d(c, c, k, stride=s, padding=p, output_padding=op, dilation=d)
+                cur = (cur - 1) * s - 2 * p + d * (k - 1) + op + 1
             elif kind == "res":
                 k = int(rng.choice([3, 5]))
                 d = int(rng.choice([1, 2, 4]))
@@ -259,10 +269,18 @@ def test_random_architectures_exact(seed, length, head):
 
 def test_random_architectures_many_seeds_small():
     """More seeds at one short length, all heads, all mutants of 3 sequences."""
-    for seed in range(20, 30):
+    for seed in range(20, 36):
         head = ["profile", "flatten", "mean"][seed % 3]
         model = make_random(seed, 30, head)
         check_exact(model, 30, b=3, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [40, 41, 42, 43])
+def test_random_architectures_plain_pytorch_path(seed):
+    """The plain-PyTorch window helpers (used without the native ops, e.g. float64) are exact too."""
+    head = ["profile", "flatten", "mean", "transformer"][seed % 4]
+    model = make_random(seed, 48, head)
+    check_exact(model, 48, b=2, seed=seed, native=False, max_batch=50)
 
 
 # ----------------------------------------------------------------------------- specific operators
@@ -283,8 +301,8 @@ class Ops(nn.Module):
         y = self.c2(y)
         y = y + torch.sigmoid(self.c3(y)) * y
         y = self.lin(y.transpose(1, 2)).transpose(1, 2)
-        y = F.adaptive_avg_pool1d(y, y.shape[-1] // 2)
-        z = self.ct(y)  # transposed conv: global (no rule yet)
+        y = F.adaptive_avg_pool1d(y[:, :, :16], 8)  # crop, then pooling by 2
+        z = self.ct(y)  # transposed conv (stride 2)
         return torch.cat([z.mean(-1), y.sum(-1)], dim=1)
 
 
@@ -295,9 +313,10 @@ def test_operator_mix_exact():
         model.bn.running_var.uniform_(0.5, 2)
     plan = check_exact(model, 64, b=2)
     kinds = {l.op: l.kind for l in plan.layers}
-    assert kinds["aten.conv_transpose1d.default"] == "global"
+    assert kinds["aten.conv_transpose1d.default"] == "local"
     assert kinds["aten.max_pool1d.default"] == "local"
     assert kinds["aten.linear.default"] == "local"  # dense over channels on (B, L, C)
+    assert kinds["aten.adaptive_avg_pool1d.default"] == "local"
 
 
 class Cumsum(nn.Module):

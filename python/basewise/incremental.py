@@ -275,7 +275,8 @@ class _Graph:
         self.input: Optional[_Node] = None
         self.outputs: Any = None  # fx output args structure
         self.length = 0
-        self.module: Optional[torch.nn.Module] = None
+        self.model_ref: Optional[weakref.ref] = None  # the model, weakly (plans are cached per model)
+        self.transform: Optional[Any] = None
         self.placeholders: Dict[str, Tuple[str, str]] = {}  # name -> (kind, fqn)
         self.constants: Dict[str, Any] = {}
         self.tuple_output = False
@@ -368,7 +369,10 @@ def plan_ism(model: Any, length: int, *, prediction_transform: Optional[Callable
     if use_cache and key is not None:
         with _PLAN_LOCK:
             try:
-                _PLAN_CACHE.setdefault(model, {})[key] = plan
+                per_model = _PLAN_CACHE.setdefault(model, {})
+                while len(per_model) >= 8:  # e.g. a fresh lambda transform per call
+                    per_model.pop(next(iter(per_model)))
+                per_model[key] = plan
             except TypeError:
                 pass
     return plan
@@ -420,7 +424,8 @@ class _Unsupported(Exception):
 def _build_graph(ep: Any, wrapped: torch.nn.Module, length: int) -> _Graph:
     g = _Graph()
     g.length = length
-    g.module = wrapped
+    g.model_ref = weakref.ref(wrapped.model)
+    g.transform = getattr(wrapped, "transform", None)
     sig = ep.graph_signature
     kinds: Dict[str, Tuple[str, str]] = {}
     for spec in sig.input_specs:
@@ -729,6 +734,19 @@ def _classify(n: _Node, L: int) -> None:
         groups = int(b["groups"])
         _set_local(n, "conv", 2, lout, lo, hi, groups=groups, **geo)
         return
+    if t is aten.conv_transpose1d.default or (
+            t is aten.convolution.default and b["transposed"] and len(b["stride"]) == 1):
+        if n.inputs[0] is not x or len(locs) != 1 or x.ldim != len(x.shape) - 1 or len(x.shape) != 3:
+            return
+        k = int(b["weight"].meta["val"].shape[-1])
+        s_, pl, d = _one(b["stride"]), _one(b["padding"]), _one(b["dilation"])
+        lout = out_shape[-1]
+        empty = x.lo >= x.hi
+        lo = np.clip(x.lo * s_ - pl, 0, lout)
+        hi = np.clip((x.hi - 1) * s_ - pl + (k - 1) * d + 1, 0, lout)
+        hi = np.where(empty | (hi < lo), lo, hi)
+        _set_local(n, "tconv", 2, lout, lo, hi, k=k, s=s_, pl=pl, d=d, groups=int(b["groups"]))
+        return
     if t in (aten.max_pool1d.default, aten.avg_pool1d.default):
         if x.ldim != len(x.shape) - 1 or len(locs) != 1:
             return
@@ -939,6 +957,11 @@ def _local_input_demands(n: _Node) -> List[Tuple[_Node, Tuple[int, int]]]:
         p = n.params
         q = lo * p["s"] - p["pl"]
         qe = (hi - 1) * p["s"] - p["pl"] + (p["k"] - 1) * p["d"] + 1
+        res.append((n.inputs[0], (q, qe)))
+    elif n.rule == "tconv":
+        p = n.params
+        q = -((-(lo + p["pl"] - (p["k"] - 1) * p["d"])) // p["s"])
+        qe = (hi - 1 + p["pl"]) // p["s"] + 1
         res.append((n.inputs[0], (q, qe)))
     elif n.rule == "pad":
         pl = n.params["pl"]
@@ -1156,15 +1179,27 @@ class IncrementalPredictor:
     def _bind(self) -> None:
         g = self.g
         env: Dict[Any, Any] = {}
-        mod = g.module
+        model = g.model_ref() if g.model_ref is not None else None
+        if model is None:
+            raise ValueError("plan: the model it was made for no longer exists")
+
+        def owner(fqn: str) -> Tuple[torch.nn.Module, str]:
+            head, _, rest = fqn.partition(".")
+            if head == "model":
+                return model, rest
+            if head == "transform" and isinstance(g.transform, torch.nn.Module):
+                return g.transform, rest
+            raise ValueError(f"plan: cannot resolve the captured tensor {fqn!r}")
         for n in g.nodes:
             fx = n.node
             if fx.op == "placeholder" and n.kind == _CONST:
                 kind, fqn = g.placeholders.get(fx.name, ("", ""))
                 if kind == "PARAMETER":
-                    v = mod.get_parameter(fqn)
+                    o, rest = owner(fqn)
+                    v = o.get_parameter(rest)
                 elif kind == "BUFFER":
-                    v = mod.get_buffer(fqn)
+                    o, rest = owner(fqn)
+                    v = o.get_buffer(rest)
                 elif kind == "CONSTANT_TENSOR":
                     v = g.constants[fqn]
                     if isinstance(v, torch.Tensor):
@@ -1262,6 +1297,17 @@ class IncrementalPredictor:
                     wreq = (n.width - 1) * p["s"] + (p["k"] - 1) * p["d"] + 1
                     pad = 0.0 if n.rule == "conv" or p.get("kind") == "avg" else -math.inf
                     add_asm(n, src, q, wreq, pad)
+                elif n.rule == "tconv":
+                    p = n.params
+                    kd = (p["k"] - 1) * p["d"]
+                    qi = (n.off + p["pl"] - kd) // p["s"]
+                    need_in = int(((n.off + n.width - 1 + p["pl"]) // p["s"] - qi + 1).max())
+                    rel = n.off - (qi * p["s"] - p["pl"])
+                    need_out = int((rel + n.width).max())
+                    wi = max(need_in, -(-(need_out - kd - 1) // p["s"]) + 1, 1)
+                    p["_rel"] = torch.as_tensor(rel, device=dev)
+                    p["_rel0"] = int(rel[0]) if np.all(rel == rel[0]) else None
+                    add_asm(n, n.inputs[0], qi, wi, 0.0)
                 elif n.rule == "pad":
                     src = _local_inputs(n)[0]
                     add_asm(n, src, n.off - n.params["pl"], n.width, n.params["value"])
@@ -1327,7 +1373,7 @@ class IncrementalPredictor:
         for n in g.nodes:
             if mode[n] != "win":
                 continue
-            if n.rule in ("conv", "pool", "delta", "input"):
+            if n.rule in ("conv", "pool", "delta", "input", "tconv"):
                 fresh[n] = True
             elif n.rule == "pad":
                 a = self._asm.get((n.name, _local_inputs(n)[0].name))
@@ -1622,6 +1668,19 @@ class IncrementalPredictor:
             wt = self._const[n.inputs[1].node]
             bias = self._const[n.inputs[2].node] if len(n.inputs) > 2 and n.inputs[2].kind == _CONST else None
             return F.conv1d(x, wt, bias, p["s"], 0, p["d"], p["groups"])
+        if rule == "tconv":
+            x = self._assemble(n.name, n.inputs[0], env, ctx)
+            wt = self._const[n.inputs[1].node]
+            bias = self._const[n.inputs[2].node] if len(n.inputs) > 2 and n.inputs[2].kind == _CONST else None
+            y = F.conv_transpose1d(x, wt, bias, p["s"], 0, 0, p["groups"], p["d"])
+            if p["_rel0"] is not None:
+                return y[:, :, p["_rel0"]:p["_rel0"] + n.width]
+            rel = p["_rel"][pos]
+            if self._native:
+                return _ops.gather_windows(y.contiguous(), torch.arange(y.shape[0], device=y.device), rel,
+                                           n.width, check=False)
+            idx = (rel[:, None] + torch.arange(n.width, device=y.device))[:, None, :]
+            return torch.gather(y, 2, idx.expand(-1, y.shape[1], -1))
         if rule == "pool":
             x = self._assemble(n.name, n.inputs[0], env, ctx)
             if p["kind"] == "max":
