@@ -390,3 +390,61 @@ def test_demo_without_plot_is_unchanged(capsys):
     buf = io.StringIO()
     run_demo(top=2, file=buf, progress=False)
     assert rc == 0 and out == buf.getvalue()
+
+
+def _fake_grelu(monkeypatch, lightning_model):
+    """A stand-in ``grelu.lightning.LightningModel.load_from_checkpoint`` (gReLU is not a dependency)."""
+    import types
+
+    class LightningModel:
+        @staticmethod
+        def load_from_checkpoint(path, map_location=None):
+            if open(path, "rb").read(4) != b"CKPT":
+                raise RuntimeError("invalid load key")
+            return lightning_model
+
+    pkg, sub = types.ModuleType("grelu"), types.ModuleType("grelu.lightning")
+    sub.LightningModel = LightningModel
+    pkg.lightning = sub
+    monkeypatch.setitem(sys.modules, "grelu", pkg)
+    monkeypatch.setitem(sys.modules, "grelu.lightning", sub)
+
+
+def test_grelu_checkpoint_with_task_names(files, tmp_path, capsys, monkeypatch):
+    from _grelu_standins import StandInLightningModel, conv_net
+
+    class Named(StandInLightningModel):
+        model_params = {"n_tasks": 3}
+
+        def get_task_idxs(self, names):
+            return [["a", "b", "c"].index(n) for n in names]
+
+    lm = Named(conv_net(tasks=3, out_bins=4), activation="exp").eval()
+    _fake_grelu(monkeypatch, lm)
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"CKPT")
+    d = files["dir"]
+    rc, _, err = run(["ism", "-m", ckpt, "--fasta", d / "seqs.fa", "-o", tmp_path / "c.h5", "-q", "--engine", "full",
+                      "--tasks", "c,a", "--length-aggfunc", "sum", "--task-aggfunc", "mean", "--compare", "log2FC"], capsys)
+    assert rc == 0, err
+    assert type(lm.transform).__name__ == "Identity"  # the caller's model keeps its transform
+    agg = Aggregate(tasks=[2, 0], length_aggfunc="sum", task_aggfunc="mean")
+    want = ISM_predict(files["seqs"], lm, prediction_transform=agg, compare_func="log2FC", return_df=False,
+                       progress=False, engine="full")
+    with open_results(tmp_path / "c.h5") as r:
+        assert r.arguments["model"]["kind"] == "grelu-checkpoint"
+        assert r.arguments["transform"]["tasks"] == ["c", "a"]
+        np.testing.assert_allclose(r.scores[()], want, rtol=0, atol=1e-6)
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"nope")
+    rc, _, err = run(["ism", "-m", bad, "--fasta", d / "seqs.fa", "-o", tmp_path / "b.h5", "-q"], capsys)
+    assert rc == 2 and "cannot load gReLU checkpoint" in err
+
+
+def test_grelu_checkpoint_without_grelu_installed(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "grelu", None)  # import grelu -> ImportError
+    monkeypatch.delitem(sys.modules, "grelu.lightning", raising=False)
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"CKPT")
+    rc, _, err = run(["ism", "-m", ckpt, "--fasta", files["dir"] / "seqs.fa", "-o", tmp_path / "c.h5"], capsys)
+    assert rc == 2 and "gReLU is not installed" in err and len(err.strip().splitlines()) == 1
