@@ -32,12 +32,11 @@ import contextlib
 import hashlib
 import importlib
 import importlib.util
-import json
 import os
 import shlex
 import signal
 import sys
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 

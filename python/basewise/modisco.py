@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import warnings
 import zipfile
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 
