@@ -14,9 +14,10 @@ Validation. The public wrappers below (``mutate``, ``compare_``, ...) raise ``Va
 the argument for a wrong dtype, shape, device, non-contiguous in-place output or out-of-range value
 (a base outside 0-4, a position outside the sequence, ...), before any native code runs. Value
 ranges are checked with one reduction per call; on CUDA the flags of all checked arguments are
-read back to the host together, i.e. **at most one device synchronisation per call** (none with
-``check=False``, and none while ``torch.compile`` traces the call: compiled graphs skip the value
-checks and keep only the shape/dtype/device checks). The raw ops ``torch.ops.basewise.*`` check
+read back to the host together, i.e. **at most one device synchronisation per call for the checks**
+(none with ``check=False``, and none while ``torch.compile`` traces the call: compiled graphs skip
+the value checks and keep only the shape/dtype/device checks). Only ``enumerate_mutants`` needs one
+more on CUDA, to size its output. The raw ops ``torch.ops.basewise.*`` check
 shapes, dtypes and devices but not values; the kernels themselves never read or write out of bounds:
 rows with an out-of-range sequence, position or base are skipped (in-place ops) or zero-filled
 (ops returning a new tensor).
@@ -64,6 +65,7 @@ FLOAT_DTYPES: Dict[torch.dtype, int] = {torch.float32: 0, torch.float16: 1, torc
 COMPARE_KINDS: Dict[str, int] = {"subtract": 0, "divide": 1, "log2FC": 2}
 
 _INDEX_DTYPES = (torch.uint8, torch.int8)
+_HAS_CUDA_KERNELS = bool(_C.build_info()["cuda"])
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
@@ -230,7 +232,7 @@ def _mutant_flags(mutants: Tensor, B: int, pos_lo: int, pos_hi: int,
 def _native(t: Tensor) -> Iterator[Tuple[int, int, int]]:
     """Yield (device index or -1 for CPU, stream handle, CPU thread count) for a native call."""
     if t.device.type == "cuda":
-        if not _C.build_info()["cuda"]:
+        if not _HAS_CUDA_KERNELS:
             _fail("device", f"is {t.device}, but basewise was built without CUDA kernels "
                             "(reinstall with nvcc available, or WITH_CUDA=ON)")
         with torch.cuda.device(t.device):
@@ -315,8 +317,9 @@ def enumerate_mutants(ref: Tensor, start: int, end: int, *, check: bool = True) 
         ref: (B, L) uint8 or int8 base indices (0-3 = A, C, G, T; 4 = N), on CPU or CUDA.
         start: first position, 0 <= start <= L.
         end: one past the last position, start <= end <= L.
-        check: keyword-only, default True: check that ``ref`` holds only 0-4 (one reduction; on
-            CUDA the count of rows needs one synchronisation anyway).
+        check: keyword-only, default True: check that ``ref`` holds only 0-4 (one reduction and,
+            on CUDA, one synchronisation; the op itself needs a second one there to size its
+            output, as the number of rows depends on the N count).
 
     Returns:
         (M, 3) int64 rows (seq, pos, base) on ``ref``'s device, M = 3 * B * (end - start) plus the
