@@ -424,3 +424,17 @@ def test_against_grelu():  # pragma: no cover - needs grelu
     ours = basewise.ISM_predict(seqs, lm, compare_func="log2FC", return_df=False)
     theirs = grelu_score.ISM_predict(seqs, lm, compare_func="log2FC", return_df=False)
     assert_close_scaled(ours, theirs, tol=1e-5)
+
+
+def test_torch_export_program_module(tmp_path):
+    model = RandomCNN(2).eval()
+    x = torch.zeros(2, 4, 12)  # batch 2: a batch of 1 would specialise the exported shape
+    path = tmp_path / "m.pt2"
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(model, (x,), dynamic_shapes={"x": {0: batch}}), str(path))
+    loaded = torch.export.load(str(path)).module()
+    seqs = random_seqs(np.random.default_rng(0), 1, 12)
+    expected = basewise.ISM_predict(seqs, model, return_df=False, engine="full")
+    for engine in ("full", "auto"):
+        out = basewise.ISM_predict(seqs, loaded, return_df=False, engine=engine)
+        assert_close_scaled(out, expected)

@@ -139,21 +139,46 @@ def _check_compare(compare_func: Any) -> None:
 
 def _make_predictor(engine: str, model: Any, forward: Callable, length: int, device: torch.device,
                     dtype: torch.dtype, prediction_transform: Optional[Callable]):
-    """A factory ``ref_idx -> predictor`` for the chosen engine, and the engine's name."""
-    if engine in ("auto", "incremental"):
-        try:
-            from .incremental import IncrementalPredictor, plan_ism
-        except ImportError as err:  # pragma: no cover - the module ships with the package
-            if engine == "incremental":
-                raise ValueError(f"engine: the incremental engine is unavailable ({err})") from None
-        else:
-            plan = plan_ism(model, length, prediction_transform=prediction_transform, device=device, dtype=dtype)
-            use = plan.supported and (engine == "incremental" or plan.worthwhile)
-            if engine == "incremental" and not plan.supported:
-                raise ValueError(f"engine: 'incremental' was requested but the model is not supported: {plan.reason}")
-            if use:
-                return (lambda ref_idx: IncrementalPredictor(plan, ref_idx)), "incremental"
-    return (lambda ref_idx: FullPredictor(forward, ref_idx, dtype)), "full"
+    """A factory ``ref_idx -> predictor`` for the chosen engine, and the engine's name.
+
+    With ``engine="auto"`` a planner failure of any kind means the full path: the incremental
+    engine is an optimisation and never a reason for a call to fail.
+    """
+    full = lambda ref_idx: FullPredictor(forward, ref_idx, dtype)  # noqa: E731
+    if engine == "full":
+        return full, "full"
+    from .incremental import IncrementalPredictor, plan_ism
+
+    try:
+        plan = plan_ism(model, length, prediction_transform=prediction_transform, device=device, dtype=dtype)
+    except Exception as err:  # noqa: BLE001 - any planner failure falls back to the full path
+        if engine == "incremental":
+            raise ValueError(f"engine: 'incremental' was requested but planning failed: {err}") from err
+        return full, "full"
+    if not plan.supported:
+        if engine == "incremental":
+            raise ValueError(f"engine: 'incremental' was requested but the model is not supported: {plan.reason}")
+        return full, "full"
+    if engine == "incremental" or plan.worthwhile:
+        return (lambda ref_idx: IncrementalPredictor(plan, ref_idx)), "incremental"
+    return full, "full"
+
+
+def _spot_check(predictor, full_predictor, mutants: torch.Tensor) -> Optional[str]:
+    """Compare the incremental predictor with full recompute on a few mutants (first, middle,
+    last: edge windows included). Returns None when they agree to 1e-4 of the output scale."""
+    m = mutants.shape[0]
+    if m == 0:
+        return None
+    rows = mutants[torch.unique(torch.tensor([0, m // 2, m - 1]))]
+    a = predictor.predict(rows).float()
+    b = full_predictor.predict(rows).float()
+    scale = max(1.0, float(b.abs().max()))
+    both_nan = torch.isnan(a) & torch.isnan(b)
+    diff = (a - b).abs().masked_fill(both_nan | (a == b), 0.0)
+    if not bool(torch.isfinite(diff).all()) or float(diff.max()) > 1e-4 * scale:
+        return f"max |incremental - full| = {float(diff.max()):.3g} on a spot check"
+    return None
 
 
 def ISM_predict(
@@ -253,8 +278,7 @@ def ISM_predict(
     with preserved_model_state(model):
         if is_lightning_like(model) and prediction_transform is not None:
             model.add_transform(prediction_transform)
-        if isinstance(model, torch.nn.Module):
-            model.eval()
+        _eval_mode(model)
         replicas = _place_replicas(model, dev_list)
         compute_dtype = dtype or model_dtype(model)
         preds, ref_preds = _run(
@@ -278,6 +302,18 @@ def ISM_predict(
             return pd.DataFrame(out[0, :, :, 0, 0].T, index=["A", "C", "G", "T"], columns=list(letters))
         warnings.warn(_DF_WARNING, UserWarning, stacklevel=2)
     return out
+
+
+def _eval_mode(model: Any) -> None:
+    """Put a module in eval mode; programs from ``torch.export.load(...).module()`` refuse
+    ``eval()`` (they are traced in eval mode already), so their flags are set directly."""
+    if not isinstance(model, torch.nn.Module):
+        return
+    try:
+        model.eval()
+    except NotImplementedError:
+        for m in model.modules():
+            m.training = False
 
 
 def _place_replicas(model: Any, dev_list: List[torch.device]) -> List[tuple]:
@@ -316,7 +352,8 @@ def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine,
         if autocast:
             fwd = _autocast_forward(fwd, dev, dtype)
         factory, name = _make_predictor(engine, m, fwd, length, dev, m_dtype, prediction_transform)
-        workers.append((dev, factory))
+        full_factory = lambda ref_idx, fwd=fwd: FullPredictor(fwd, ref_idx, m_dtype)  # noqa: E731
+        workers.append([dev, factory, name, full_factory])
 
     from tqdm.auto import tqdm
 
@@ -333,7 +370,20 @@ def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine,
             for b0 in range(0, n_seqs, chunk):
                 b1 = min(n_seqs, b0 + chunk)
                 ref_cpu = ref_all[b0:b1]
-                predictors = [(dev, factory(ref_cpu.to(dev))) for dev, factory in workers]
+                predictors = [(w[0], w[1](ref_cpu.to(w[0]))) for w in workers]
+                mutants = ops.enumerate_mutants(ref_cpu, start, end)  # (m, 3) int64, CPU
+                if b0 == 0 and engine == "auto" and workers[0][2] == "incremental":
+                    # Safety net: the planner's result is verified on real mutants once per call;
+                    # on disagreement the whole call uses full recompute.
+                    dev0 = workers[0][0]
+                    problem = _spot_check(predictors[0][1], workers[0][3](ref_cpu.to(dev0)), mutants.to(dev0))
+                    if problem is not None:
+                        warnings.warn(f"basewise: the incremental ISM engine disagreed with full recompute "
+                                      f"({problem}); using full recompute. Please report this model.",
+                                      RuntimeWarning, stacklevel=3)
+                        for w in workers:
+                            w[1], w[2] = w[3], "full"
+                        predictors = [(w[0], w[1](ref_cpu.to(w[0]))) for w in workers]
                 ref_out = predictors[0][1].reference().float().cpu()  # (b, T, L_out)
                 if preds is None:
                     shape = tuple(ref_out.shape[1:])
@@ -344,7 +394,6 @@ def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine,
                 ref_preds[b0:b1] = ref_out
                 out_view = preds[b0:b1]
                 ops.fill_reference_(out_view, ref_out, ref_cpu, start)
-                mutants = ops.enumerate_mutants(ref_cpu, start, end)  # (m, 3) int64, CPU
                 batches = [mutants[i:i + batch_size] for i in range(0, mutants.shape[0], batch_size)]
 
                 def work(k: int, batch: torch.Tensor) -> None:
