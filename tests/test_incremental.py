@@ -462,3 +462,29 @@ def test_benchmark_bpnet_like_exact():
 def test_benchmark_conv_transformer_exact():
     model = bench_models.conv_transformer()
     check_exact(model, 1000, b=2, positions=_ends_and_middle(1000))
+
+
+@pytest.mark.parametrize("agg", ["max", "min", "amax", "topk"])
+def test_multi_output_ops_in_the_transform(agg):
+    """torch.max(dim) returns (values, indices): a multi-output node must be global, not constant."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv1d(4, 3, 5, padding=2)
+            self.head = nn.Conv1d(3, 2, 1)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.conv(x)))
+
+    def transform(y):
+        s = y.sum(2, keepdim=True)
+        if agg == "max":
+            return torch.max(s, dim=1, keepdim=True).values
+        if agg == "min":
+            return torch.min(y, dim=2, keepdim=True)[0]
+        if agg == "topk":
+            return torch.topk(y, 2, dim=2).values.sum(2, keepdim=True)
+        return s.amax(1, keepdim=True)
+
+    check_exact(Net().eval(), 16, transform=transform, b=2)

@@ -460,8 +460,11 @@ def _build_graph(ep: Any, wrapped: torch.nn.Module, length: int) -> _Graph:
             deps = any(i.kind != _CONST for i in n.inputs)
             if not deps:
                 n.kind = _CONST
+            elif isinstance(val, (int, float, bool, torch.SymInt, torch.SymFloat, torch.SymBool)):
+                n.kind = _SYM  # a size computed from the batch dimension
             elif not isinstance(val, torch.Tensor):
-                n.kind = _SYM
+                n.kind = _GLOBAL  # e.g. (values, indices) of max/min/sort: global, never "sym"
+                n.note = "multi-output op"
             else:
                 n.kind = _GLOBAL  # refined by _analyse
         else:
@@ -591,8 +594,9 @@ def _analyse(g: _Graph, length: int) -> IsmPlan:
     # pull back: a tensor whose only consumer is a pool / crop / pointwise op gets exactly the
     # window that consumer reads, so the consumer uses it without a gather (fastISM's segments)
     for n in reversed(g.nodes):
-        if n.kind != _LOCAL or n.width == 0 or n.rule == "input" or n in out_set or len(n.consumers) != 1:
-            continue
+        if n.kind != _LOCAL or n.width == 0 or n.rule in ("input", "conv", "tconv") or n in out_set \
+                or len(n.consumers) != 1:
+            continue  # a convolution keeps its own window: widening it costs more than a gather
         c = n.consumers[0]
         if c.kind != _LOCAL or c.width == 0 or len(_local_inputs(c)) != 1:
             continue
