@@ -1,7 +1,9 @@
 """basewise: fast, exact in-silico mutagenesis, attributions and attention maps for DNA models.
 
 A drop-in replacement for gReLU's ``grelu.interpret.score``: ``import basewise.score as score``
-or call the functions from here.
+or call the functions from here. Plots live in :mod:`basewise.plot` (optional extra
+``basewise[plot]``), on-disk results in :mod:`basewise.results`, TF-MoDISco export in
+:mod:`basewise.modisco`, the native ops in :mod:`basewise.ops`.
 
 Example:
     >>> import torch, basewise
@@ -12,10 +14,32 @@ Example:
 
 import torch  # noqa: F401  (import torch before the extension: one shared OpenMP runtime)
 
+from .attention import AttentionNotFoundError, get_attention_scores, list_attention_blocks
+from .attribution import get_attributions
+from .incremental import IsmPlan, plan_ism
 from .ism import ISM_predict
+from .modisco import export_modisco
 from .ops import build_info
+from .results import ResultsWriter, open_results
 from .sequence import to_indices, to_onehot
+from .transforms import Aggregate
 
 __version__ = "0.1.0"
 
-__all__ = ["ISM_predict", "build_info", "to_indices", "to_onehot", "__version__"]
+__all__ = [
+    "ISM_predict",
+    "get_attributions",
+    "get_attention_scores",
+    "list_attention_blocks",
+    "AttentionNotFoundError",
+    "plan_ism",
+    "IsmPlan",
+    "Aggregate",
+    "to_indices",
+    "to_onehot",
+    "open_results",
+    "ResultsWriter",
+    "export_modisco",
+    "build_info",
+    "__version__",
+]
