@@ -410,11 +410,13 @@ def test_score_module_is_drop_in():
 
 
 # ----------------------------------------------------------------------------- against gReLU
-grelu_score = pytest.importorskip("grelu.interpret.score", reason="grelu not installed") if os.environ.get(
-    "BASEWISE_TEST_GRELU") else None
+try:  # optional: side-by-side with gReLU itself (tests/test_against_grelu.py has the full set)
+    import grelu.interpret.score as grelu_score
+except ImportError:
+    grelu_score = None
 
 
-@pytest.mark.skipif(grelu_score is None, reason="set BASEWISE_TEST_GRELU=1 with grelu installed")
+@pytest.mark.skipif(grelu_score is None, reason="grelu not installed")
 def test_against_grelu():  # pragma: no cover - needs grelu
     from grelu.lightning import LightningModel
 
