@@ -424,7 +424,11 @@ def test_against_grelu():  # pragma: no cover - needs grelu
                         train_params={"task": "regression", "loss": "poisson"})
     seqs = random_seqs(np.random.default_rng(0), 2, 60)
     ours = basewise.ISM_predict(seqs, lm, compare_func="log2FC", return_df=False)
-    theirs = grelu_score.ISM_predict(seqs, lm, compare_func="log2FC", return_df=False)
+    precision = torch.get_float32_matmul_precision()
+    try:
+        theirs = grelu_score.ISM_predict(seqs, lm, compare_func="log2FC", return_df=False)
+    finally:
+        torch.set_float32_matmul_precision(precision)  # gReLU sets "medium" for the whole process
     assert_close_scaled(ours, theirs, tol=1e-5)
 
 
