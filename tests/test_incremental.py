@@ -488,3 +488,14 @@ def test_multi_output_ops_in_the_transform(agg):
         return s.amax(1, keepdim=True)
 
     check_exact(Net().eval(), 16, transform=transform, b=2)
+
+
+def test_cached_only_and_dtype_mismatch():
+    model = nn.Sequential(nn.Conv1d(4, 3, 5, padding=2), nn.ReLU(), nn.Conv1d(3, 1, 3, padding=1)).eval()
+    p0 = plan_ism(model, 33, cached_only=True)
+    assert not p0.supported and "not captured" in p0.reason
+    p1 = plan_ism(model, 33)
+    assert p1.supported
+    assert plan_ism(model, 33, cached_only=True) is p1
+    p2 = plan_ism(model, 33, dtype=torch.bfloat16)  # autocast: the engine must use its full path
+    assert not p2.supported and "dtype" in p2.reason

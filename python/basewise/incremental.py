@@ -320,7 +320,7 @@ def _fingerprint(model: torch.nn.Module, transform: Any) -> Tuple:
 
 def plan_ism(model: Any, length: int, *, prediction_transform: Optional[Callable] = None,
              device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None,
-             use_cache: bool = True) -> IsmPlan:
+             use_cache: bool = True, cached_only: bool = False) -> IsmPlan:
     """Capture ``model`` for inputs of ``length`` bases and plan incremental ISM.
 
     The model is captured with ``torch.export`` (see the module docstring for why) in evaluation
@@ -340,6 +340,9 @@ def plan_ism(model: Any, length: int, *, prediction_transform: Optional[Callable
         dtype: floating dtype of the one-hot input. Default None (the model's dtype).
         use_cache: reuse a plan captured earlier for the same model structure, transform,
             length, device and dtype. Default True.
+        cached_only: never capture: return the cached plan, or an unsupported plan whose reason
+            says it was not captured yet (lets a caller skip the ~1 s capture for small jobs).
+            Default False.
 
     Returns:
         An :class:`IsmPlan`.
@@ -358,13 +361,18 @@ def plan_ism(model: Any, length: int, *, prediction_transform: Optional[Callable
         return IsmPlan(False, "the model is not a torch.nn.Module", length)
     device = torch.device(device) if device is not None else model_device(model)
     dtype = dtype if dtype is not None else model_dtype(model)
+    if dtype != model_dtype(model):
+        return IsmPlan(False, f"the incremental engine runs in the model's dtype ({model_dtype(model)}), "
+                              f"not {dtype} under autocast", length)
     key = None
-    if use_cache:
+    if use_cache or cached_only:
         key = (length, str(device), dtype, _fingerprint(model, prediction_transform))
         with _PLAN_LOCK:
             cached = _PLAN_CACHE.get(model, {}).get(key)
         if cached is not None:
             return cached
+    if cached_only:
+        return IsmPlan(False, "not captured yet (cached_only=True)", length)
     plan = _plan(model, length, prediction_transform, device, dtype)
     if use_cache and key is not None:
         with _PLAN_LOCK:
