@@ -1475,10 +1475,18 @@ class IncrementalPredictor:
         return _as_3d(env[self.g.outputs] if isinstance(self.g.outputs, torch.fx.Node) else self.g.outputs)
 
     def reference(self) -> torch.Tensor:
-        """Predictions for the reference sequences, (B, T, L_out)."""
+        """Predictions for the reference sequences, (B, T, L_out).
+
+        When all B sequences fit the cache budget, the activations the mutants need are kept
+        from this pass, so the first :meth:`predict` does not run the reference again.
+        """
         outs = []
-        chunk = max(1, min(self.B, (256 << 20) // max(1, self._ref_bytes_per_seq * 4)))
         with torch.no_grad():
+            if self.B * self._ref_bytes_per_seq <= self.cache_bytes:
+                block = torch.arange(self.B, device=self.device)
+                env = self._fill_cache(block, keep_outputs=True)
+                return self._outputs(env)
+            chunk = max(1, min(self.B, (256 << 20) // max(1, self._ref_bytes_per_seq * 4)))
             for s in range(0, self.B, chunk):
                 env = self._run_graph(self._onehot(self.ref_idx[s:s + chunk]))
                 outs.append(self._outputs(env))
@@ -1492,7 +1500,10 @@ class IncrementalPredictor:
         start = int(need.max())
         extra = torch.arange(start + 1, min(self.B, start + 1 + max(0, per_block - need.numel())),
                              device=self.device)
-        block = torch.unique(torch.cat([need, extra]))
+        self._fill_cache(torch.unique(torch.cat([need, extra])))
+
+    def _fill_cache(self, block: torch.Tensor, keep_outputs: bool = False) -> Dict[Any, Any]:
+        """Run the reference sequences ``block`` and cache the activations the mutants read."""
         self._cache = {}
         self._row_of.fill_(-1)
         self._row_of[block] = torch.arange(block.numel(), device=self.device)
@@ -1500,14 +1511,12 @@ class IncrementalPredictor:
         keep = set(self._need_ref)
         env = self._run_graph(self._onehot(self.ref_idx[block]), keep)
         for n in self._need_ref:
-            if n.kind == _INPUT:
-                v = env[n.node]
-            else:
-                v = env[n.node]
+            v = env[n.node]
             if n.kind == _LOCAL:
                 self._cache[("R", n.name)] = _canon(v, n.ldim).contiguous()
             else:
                 self._cache[("R", n.name)] = v
+        return env
 
     def _ref3(self, n: _Node) -> torch.Tensor:
         return self._cache[("R", n.name)]
