@@ -38,9 +38,10 @@ What basewise does better than gReLU (spec section 7):
   ``internal_batch_size``, ...) through ``**kwargs``.
 
 Example:
-    >>> import torch, basewise
+    >>> import torch
+    >>> from basewise.attribution import get_attributions  # also basewise.get_attributions
     >>> model = torch.nn.Sequential(torch.nn.Conv1d(4, 1, 1), torch.nn.AdaptiveAvgPool1d(1))
-    >>> basewise.get_attributions(model, ["ACGT", "TTGA"], method="saliency").shape
+    >>> get_attributions(model, ["ACGT", "TTGA"], method="saliency").shape
     (2, 4, 4)
 """
 
@@ -60,7 +61,7 @@ import torch.nn.functional as F
 from ._model import _as_3d, is_lightning_like, model_dtype, preserved_model_state
 from .sequence import to_onehot
 
-__all__ = ["get_attributions", "METHODS", "deepshap_rules"]
+__all__ = ["get_attributions", "METHODS", "deepshap_rules", "default_batch_size"]
 
 #: The valid ``method`` names, in gReLU's order.
 METHODS = ("deepshap", "saliency", "inputxgradient", "integratedgradients")
@@ -71,18 +72,36 @@ HYPOTHETICAL_WARNING = "hypothetical = True will be ignored as method is not dee
 CORRECT_GRAD_WARNING = "correct_grad = True will be ignored as method is not saliency."
 ENFORMER_ERROR = "DeepShap currently cannot be applied to Enformer models."
 
-#: Default sequences per captum call for saliency and inputxgradient. Integrated gradients
-#: runs ``n_steps`` scaled copies of every sequence through the model at once, so its default is
-#: ``max(1, DEFAULT_BATCH_ROWS // n_steps)`` sequences (1 with the default 50 steps, like gReLU).
+#: Default batching of the captum methods: sequences per captum call are chosen so that one call
+#: holds about this many input positions (sequences x length, x ``n_steps`` for integrated
+#: gradients), between 1 and :data:`DEFAULT_BATCH_SIZE` sequences. On a CPU the work is
+#: compute-bound and activations of a few MB stay in cache (16 sequences of L = 1000 beat 64 in
+#: bench_attr.py); a GPU wants larger batches. Integrated gradients on a CPU thus runs one sequence
+#: (its 50 scaled copies) per call at L >= 328, like gReLU.
 DEFAULT_BATCH_SIZE = 64
-DEFAULT_BATCH_ROWS = 64
+DEFAULT_POSITIONS = {"cpu": 16_384, "gpu": 262_144}
+
+
+def default_batch_size(method: str, length: int, device: torch.device, n_steps: int = 50) -> int:
+    """Sequences per captum call when ``batch_size`` is None.
+
+    Example:
+        >>> default_batch_size("saliency", 1000, torch.device("cpu"))
+        16
+        >>> default_batch_size("integratedgradients", 1000, torch.device("cpu"))
+        1
+    """
+    budget = DEFAULT_POSITIONS["cpu" if device.type == "cpu" else "gpu"]
+    per_sequence = max(1, length) * (n_steps if method == "integratedgradients" else 1)
+    return max(1, min(DEFAULT_BATCH_SIZE, budget // per_sequence))
+
 
 # captum's options per method (what ``**kwargs`` may hold for the gradient methods).
 _CAPTUM_OPTIONS = {
     "saliency": ("abs", "additional_forward_args"),
     "inputxgradient": ("additional_forward_args",),
-    "integratedgradients": ("baselines", "n_steps", "method", "internal_batch_size",
-                            "additional_forward_args"),
+    # captum's ``method`` (the quadrature) cannot be passed: the name is get_attributions' own.
+    "integratedgradients": ("baselines", "n_steps", "internal_batch_size", "additional_forward_args"),
 }
 _CAPTUM_WARNING = r"Input Tensor \d+ did not already require gradients"
 
@@ -540,9 +559,11 @@ def get_attributions(
         n_shuffles: deepshap: dinucleotide-shuffled references per sequence. Default 20.
         seed: deepshap: reference k of every sequence is shuffled with seed ``seed + k``, so a
             fixed seed makes the result deterministic; None draws fresh references. Default None.
-        batch_size: keyword-only. Captum methods: sequences per captum call; None means 64 for
-            saliency and inputxgradient and ``max(1, 64 // n_steps)`` (1) for integrated
-            gradients. Deepshap: tangermeme's ``batch_size`` (sequence-reference pairs), None for
+        batch_size: keyword-only. Captum methods: sequences per captum call; None picks
+            :func:`default_batch_size` (about 16k input positions per call on a CPU, 262k on a
+            GPU, at most 64 sequences; with integrated gradients each sequence counts
+            ``n_steps`` times, so on a CPU at L = 1000 it is 16 sequences for saliency and 1 for
+            integrated gradients). Deepshap: tangermeme's ``batch_size`` (sequence-reference pairs), None for
             tangermeme's default (32). The result does not depend on it beyond float rounding.
             Default None.
         target: keyword-only. Which output to explain. Captum methods: passed to captum after a
@@ -555,8 +576,9 @@ def get_attributions(
             basewise's rules), ``raw_outputs``, ``print_convergence_deltas``, ``dtype``, ``args``,
             ...). Captum methods: captum's options: saliency ``abs`` (default False, the signed
             gradient) and ``additional_forward_args``; inputxgradient ``additional_forward_args``;
-            integrated gradients ``n_steps`` (50), ``method`` ("gausslegendre"), ``baselines``
-            (0), ``internal_batch_size``, ``additional_forward_args``. Per-sequence tensors (first
+            integrated gradients ``n_steps`` (50), ``baselines`` (0), ``internal_batch_size``,
+            ``additional_forward_args`` (the quadrature is always captum's default,
+            Gauss-Legendre: captum's ``method`` name is taken by ``method``). Per-sequence tensors (first
             axis of length B) are sliced to each batch. Anything else raises ``TypeError``.
 
     Returns:
@@ -573,13 +595,14 @@ def get_attributions(
         TypeError: bad ``seed`` or unknown captum options.
 
     Example:
-        >>> import torch, basewise
+        >>> import torch
+        >>> from basewise.attribution import get_attributions
         >>> conv = torch.nn.Conv1d(4, 1, 1, bias=False)
         >>> _ = conv.weight.data.copy_(torch.tensor([4.0, -2.0, 0.0, 0.0]).view(1, 4, 1))
         >>> f = torch.nn.Sequential(conv, torch.nn.AdaptiveAvgPool1d(1))  # mean of w[base]
-        >>> basewise.get_attributions(f, "AC", method="saliency")[0].tolist()
+        >>> get_attributions(f, "AC", method="saliency")[0].tolist()
         [[2.0, 2.0], [-1.0, -1.0], [0.0, 0.0], [0.0, 0.0]]
-        >>> basewise.get_attributions(f, "AC", method="integratedgradients").dtype
+        >>> get_attributions(f, "AC", method="integratedgradients").dtype
         dtype('float64')
     """
     # ---- validation, before any model call
@@ -621,9 +644,7 @@ def get_attributions(
                     p.requires_grad_(False)
             dtype = model_dtype(model)
             if batch_size is None:
-                n_steps = kwargs.get("n_steps", 50) if method == "integratedgradients" else 1
-                batch_size = (max(1, DEFAULT_BATCH_ROWS // n_steps) if method == "integratedgradients"
-                              else DEFAULT_BATCH_SIZE)
+                batch_size = default_batch_size(method, x.shape[-1], dev, kwargs.get("n_steps", 50))
             forward = _model_forward(model, prediction_transform)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_CAPTUM_WARNING, category=UserWarning)
