@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from basewise.incremental import INCREMENTAL_MIN_RATIO, IncrementalPredictor, IsmPlan, plan_ism
+from basewise.incremental import (INCREMENTAL_MIN_RATIO, IncrementalPredictor, IsmPlan, ism_plan_report,
+                                  plan_ism)
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import models as bench_models  # noqa: E402
@@ -405,6 +406,12 @@ def test_plan_report_and_state_restored():
     text = str(plan)
     assert "delta" in text and "linear-global" in text and "predicted ratio" in text
     assert isinstance(plan, IsmPlan) and any(l.kind == "delta" for l in plan.layers)
+    assert "engine='auto' uses the incremental path" in ism_plan_report(model, 200)
+    class CumsumFirst(nn.Module):  # nothing local: a cumulative sum over the length comes first
+        def forward(self, x):
+            return torch.cumsum(x, -1).sum(1)
+
+    assert "full recomputation" in ism_plan_report(CumsumFirst(), 20)
 
 
 def test_bad_arguments():
@@ -499,3 +506,22 @@ def test_cached_only_and_dtype_mismatch():
     assert plan_ism(model, 33, cached_only=True) is p1
     p2 = plan_ism(model, 33, dtype=torch.bfloat16)  # autocast: the engine must use its full path
     assert not p2.supported and "dtype" in p2.reason
+
+
+def test_predictors_share_static_state_and_see_weight_updates():
+    """A second predictor reuses the plan's tables; an in-place weight update is picked up."""
+    model = bench_models.basset_like(2, length=120)
+    plan = plan_ism(model, 120)
+    ref = torch.randint(0, 4, (1, 120), dtype=torch.uint8)
+    p1 = IncrementalPredictor(plan, ref)
+    p2 = IncrementalPredictor(plan, ref)
+    assert p2._asm is p1._asm
+    muts = all_mutants(ref, [0, 60, 119])
+    with torch.no_grad():
+        model.fc1.weight.mul_(-2.0)  # the dense-delta weights are derived from this
+        model.conv1.weight.add_(0.1)  # the first-layer delta reads this live
+    p3 = IncrementalPredictor(plan, ref)
+    assert p3._asm is not p1._asm
+    y = p3.predict(muts)
+    y_full = naive(model, None, ref, muts)
+    assert float((y - y_full).abs().max()) <= RTOL * float(y_full.abs().max())

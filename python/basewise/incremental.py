@@ -30,8 +30,38 @@ whose variety is unbounded, carries no shapes, and fails on the shape-dependent 
 genomics models use (e.g. crops computed from ``x.shape``). The cost is a capture of about one
 second per (model, length), which :func:`plan_ism` caches.
 
-Public names: :func:`plan_ism`, :class:`IsmPlan`, :class:`IncrementalPredictor`,
-:data:`INCREMENTAL_MIN_RATIO`.
+**Plan.** Every node that depends on the input is *local* (it has a length axis ``ldim`` and a
+rule) or *global*. Local rules: ``conv1d`` (any stride, dilation, padding, groups), transposed
+``conv1d``, max/avg pooling (avg only without partial windows), adaptive avg pooling with equal
+bins, batch norm in eval mode, dropout in eval mode, elementwise functions and binary ops
+(constants must not vary along the length), channel ``cat``, crops (``slice``) and constant pads
+along the length, transposes/permutes/reshapes that keep the length axis whole, layer norm,
+softmax, reductions and dense layers over non-length axes. For every local tensor the planner
+computes, for each position ``p``, the hull of the outputs a substitution at ``p`` can change
+(numpy tables over all ``p``), intersects it with the *demand* (the positions some consumer reads:
+a crop before a global op makes the last layers cheaper), and fixes a static width ``W`` (the
+largest hull; a hull wider than 60% of the demanded span becomes the whole span). A tensor whose
+only consumer is a pool, crop or elementwise op takes exactly the window that consumer reads, so
+chains such as batch norm -> ReLU -> max pool run without gathers. Global ops that are linear in
+the window (``mean``/``sum`` over the length, ``adaptive_avg_pool1d`` to 1, ``flatten`` feeding
+only ``linear`` layers) become *linear-global*: reference output plus the op applied to the
+window's change (``W[:, window] @ delta`` for the dense layer, grouped by window offset).
+
+**Executor.** Per batch of mutants, a local op reads each input at the window it needs: directly
+when the input's window is that window, else by gathering the cached reference window and
+overwriting the input's changed columns (``basewise.ops.gather_windows`` / ``splice_windows``,
+C++/CUDA; plain PyTorch for other dtypes). A gathered window contained in a wider one of the same
+tensor (the residual input of a dilated block inside its convolution's input) is a slice of it.
+Elementwise ops run in place on buffers no other op reads. Memory is bounded: reference
+activations are cached for blocks of sequences (``cache_bytes``), mutants run in sub-batches
+(``max_batch``).
+
+**Not supported** (``plan.supported`` is False, the engine uses full recompute): models that do
+not capture with ``torch.export`` (data-dependent control flow), several inputs, tuple outputs
+without a transform that reduces them, autocast dtypes, and models where no op is local.
+
+Public names: :func:`plan_ism`, :func:`ism_plan_report`, :class:`IsmPlan`, :class:`LayerInfo`,
+:class:`IncrementalPredictor`, :data:`INCREMENTAL_MIN_RATIO`.
 
 Example:
     >>> import torch
@@ -52,7 +82,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import operator
 import threading
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -68,7 +97,8 @@ except Exception:  # pragma: no cover - the native module is part of the package
 
 from ._model import is_lightning_like, make_forward, model_device, model_dtype, preserved_model_state
 
-__all__ = ["plan_ism", "IsmPlan", "LayerInfo", "IncrementalPredictor", "INCREMENTAL_MIN_RATIO"]
+__all__ = ["plan_ism", "ism_plan_report", "IsmPlan", "LayerInfo", "IncrementalPredictor",
+           "INCREMENTAL_MIN_RATIO"]
 
 #: The engine uses the incremental path in ``engine="auto"`` when the plan is supported and its
 #: predicted FLOP ratio (full / incremental) exceeds this value. Below ~1.5 the gather/splice
@@ -207,6 +237,7 @@ class IsmPlan:
         self._graph: Optional[_Graph] = None
         self.device: Optional[torch.device] = None
         self.dtype: Optional[torch.dtype] = None
+        self._static: Dict[Any, Dict[str, Any]] = {}
 
     @property
     def worthwhile(self) -> bool:
@@ -238,6 +269,10 @@ class IsmPlan:
                      f"{self.predicted_flop_ratio:.2f}x")
         return "\n".join(lines)
 
+
+# predictor attributes that depend only on (plan, device, dtype, weights): shared by predictors
+_STATIC_STATE = ("_mode", "_x", "_asm", "_off", "_out_nodes", "_exclusive", "_need_ref",
+                 "_bytes_per_mutant", "_ref_bytes_per_seq", "_last_use")
 
 # Node kinds inside the graph plan
 _CONST, _INPUT, _LOCAL, _GLOBAL, _SYM = "const", "input", "local", "global", "sym"
@@ -386,6 +421,34 @@ def plan_ism(model: Any, length: int, *, prediction_transform: Optional[Callable
     return plan
 
 
+def ism_plan_report(model: Any, length: int, *, prediction_transform: Optional[Callable] = None) -> str:
+    """A readable report of how ``ISM_predict`` would predict mutants of ``model``.
+
+    Lists every operation that depends on the input with its kind (local, delta, linear-global,
+    global, unchanged), output length, window width and FLOPs per mutant, then the predicted FLOP
+    ratio and whether ``engine="auto"`` would use the incremental path; or why the model is not
+    supported.
+
+    Args:
+        model: the model (as for :func:`plan_ism`).
+        length: input length L.
+        prediction_transform: as for :func:`plan_ism`. Default None.
+
+    Returns:
+        The report (str).
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 9, padding=4), torch.nn.ReLU(),
+        ...                           torch.nn.Conv1d(4, 1, 9, padding=4)).eval()
+        >>> "predicted ratio" in ism_plan_report(net, 300)
+        True
+    """
+    plan = plan_ism(model, length, prediction_transform=prediction_transform)
+    verdict = (f"engine='auto' uses the incremental path (predicted ratio > {INCREMENTAL_MIN_RATIO})"
+               if plan.worthwhile else "engine='auto' uses full recomputation")
+    return f"{plan}\n{verdict}"
+
+
 def _plan(model: torch.nn.Module, length: int, transform: Optional[Callable],
           device: torch.device, dtype: torch.dtype) -> IsmPlan:
     with preserved_model_state(model):
@@ -495,14 +558,6 @@ def _build_graph(ep: Any, wrapped: torch.nn.Module, length: int) -> _Graph:
 # --------------------------------------------------------------------------------------------
 
 
-def _tensor_args(n: _Node) -> List[_Node]:
-    return [i for i in n.inputs]
-
-
-def _is_dep(n: _Node) -> bool:
-    return n.kind in (_INPUT, _LOCAL, _GLOBAL, _SYM)
-
-
 def _conv_geometry(n: _Node, b: Dict[str, Any], lin: int) -> Optional[Dict[str, int]]:
     w = n.inputs[1] if len(n.inputs) > 1 else None
     k = int(b["weight"].meta["val"].shape[-1])
@@ -549,8 +604,6 @@ def _analyse(g: _Graph, length: int) -> IsmPlan:
             continue
         try:
             _classify(n, L)
-        except _Unsupported:
-            raise
         except Exception as e:  # a rule that cannot read its node makes the node global
             n.kind = _GLOBAL
             n.note = f"no rule ({type(e).__name__})"
@@ -1180,7 +1233,16 @@ class IncrementalPredictor:
         self.ref_u8 = ref_idx.to(torch.uint8).contiguous()
         with torch.no_grad():
             self._bind()
-            self._prepare()
+            key = (str(self.device), self.dtype, self._weights_key())
+            state = plan._static.get(key)
+            if state is None:
+                self._prepare()
+                state = {k: getattr(self, k) for k in _STATIC_STATE}
+                plan._static.clear()  # one device/weights version at a time
+                plan._static[key] = state
+            else:
+                for k, v in state.items():
+                    setattr(self, k, v)
         per_mut = max(1, self._bytes_per_mutant)
         self.max_batch = int(max_batch) if max_batch else int(max(16, min(4096, (128 << 20) // per_mut)))
         self._row_of = torch.full((self.B,), -1, dtype=torch.long, device=self.device)
@@ -1188,6 +1250,19 @@ class IncrementalPredictor:
         self._cached_seqs: Optional[torch.Tensor] = None
 
     # ---------------------------------------------------------------- setup
+    def _weights_key(self) -> Tuple:
+        """Identity and version of the weights that derived tensors (delta, dense) are built from."""
+        key = []
+        for n in self.g.nodes:
+            if n.kind == _LOCAL and n.rule == "delta" or n.glinear == "fc":
+                w = self._const[n.inputs[1].node]
+                try:
+                    ver = w._version
+                except Exception:  # noqa: BLE001 - inference tensors have no version counter
+                    ver = None
+                key.append((w.data_ptr(), tuple(w.shape), ver))
+        return tuple(key)
+
     def _bind(self) -> None:
         g = self.g
         env: Dict[Any, Any] = {}
@@ -1259,6 +1334,7 @@ class IncrementalPredictor:
                     c.glinear = ""
                     mode[c] = "full"
         self._mode = mode
+        self._x: Dict[str, Dict[str, Any]] = {}  # per-node tensors of this predictor (its device)
         need_ref: set = set()
         self._asm: Dict[Tuple[str, str], _Assembly] = {}
         self._off: Dict[str, torch.Tensor] = {}
@@ -1317,8 +1393,9 @@ class IncrementalPredictor:
                     rel = n.off - (qi * p["s"] - p["pl"])
                     need_out = int((rel + n.width).max())
                     wi = max(need_in, -(-(need_out - kd - 1) // p["s"]) + 1, 1)
-                    p["_rel"] = torch.as_tensor(rel, device=dev)
-                    p["_rel0"] = int(rel[0]) if np.all(rel == rel[0]) else None
+                    ex = self._x.setdefault(n.name, {})
+                    ex["_rel"] = torch.as_tensor(rel, device=dev)
+                    ex["_rel0"] = int(rel[0]) if np.all(rel == rel[0]) else None
                     add_asm(n, n.inputs[0], qi, wi, 0.0)
                 elif n.rule == "pad":
                     src = _local_inputs(n)[0]
@@ -1433,8 +1510,9 @@ class IncrementalPredictor:
         rel = o - n.off[:, None]
         valid &= (rel >= 0) & (rel < n.width)
         idx = np.where(valid, rel, n.width)
-        n.params["_wt"] = wt
-        n.params["_idx"] = torch.as_tensor(idx, device=self.device)
+        ex = self._x.setdefault(n.name, {})
+        ex["_wt"] = wt
+        ex["_idx"] = torch.as_tensor(idx, device=self.device)
 
     def _prepare_fc(self, fc: _Node, src: _Node) -> None:
         w = self._const[fc.inputs[1].node]  # (N, C*L)
@@ -1443,7 +1521,7 @@ class IncrementalPredictor:
         wv = w.reshape(nout, shp[1], shp[2])
         other = 1 if src.ldim == 2 else 2
         wp = wv.permute(src.ldim, other, 0).contiguous()  # (Lt, C, N)
-        fc.params["_wp"] = wp
+        self._x.setdefault(fc.name, {})["_wp"] = wp
 
     # ---------------------------------------------------------------- reference activations
     def _run_graph(self, x: torch.Tensor, keep: Optional[set] = None) -> Dict[Any, Any]:
@@ -1654,6 +1732,7 @@ class IncrementalPredictor:
     def _local_step(self, n: _Node, env: Dict[Any, Any], ctx: Dict[str, Any]) -> torch.Tensor:
         rule = n.rule
         p = n.params
+        ex = self._x.get(n.name, {})  # this predictor's device tensors for n
         pos = ctx["pos"]
         if rule == "input":
             b = ctx["base"]
@@ -1679,9 +1758,9 @@ class IncrementalPredictor:
             q0 = int(n.off[0]) if n.width == n.length else None
             pre = _gather_ref(rp, rows, a_off, w + 1, q0)
             old = self.ref_idx[ctx["seq"], pos]
-            wt = p["_wt"]
+            wt = ex["_wt"]
             vals = wt[ctx["base"]] - wt[old]  # (M, Cout, k)
-            idx = p["_idx"][pos]  # (M, k)
+            idx = ex["_idx"][pos]  # (M, k)
             pre.scatter_add_(2, idx[:, None, :].expand(-1, pre.shape[1], -1), vals)
             return pre[:, :, :w]
         if rule == "conv":
@@ -1694,9 +1773,9 @@ class IncrementalPredictor:
             wt = self._const[n.inputs[1].node]
             bias = self._const[n.inputs[2].node] if len(n.inputs) > 2 and n.inputs[2].kind == _CONST else None
             y = F.conv_transpose1d(x, wt, bias, p["s"], 0, 0, p["groups"], p["d"])
-            if p["_rel0"] is not None:
-                return y[:, :, p["_rel0"]:p["_rel0"] + n.width]
-            rel = p["_rel"][pos]
+            if ex["_rel0"] is not None:
+                return y[:, :, ex["_rel0"]:ex["_rel0"] + n.width]
+            rel = ex["_rel"][pos]
             if self._native:
                 return _ops.gather_windows(y.contiguous(), torch.arange(y.shape[0], device=y.device), rel,
                                            n.width, check=False)
@@ -1790,7 +1869,7 @@ class IncrementalPredictor:
             pos = ctx["pos"]
             refw = self._gather(a, ctx)
             delta = _canon(win, src.ldim) - refw  # (M, C, W)
-            wp = n.params["_wp"]  # (Lt, C, N)
+            wp = self._x[n.name]["_wp"]  # (Lt, C, N)
             M, C, W = delta.shape
             dl = delta.transpose(1, 2).reshape(M, W * C)
             out = self._ref3(n).index_select(0, ctx["rows"]).clone()
