@@ -444,3 +444,21 @@ def test_torch_export_program_module(tmp_path):
     for engine in ("full", "auto"):
         out = basewise.ISM_predict(seqs, loaded, return_df=False, engine=engine)
         assert_close_scaled(out, expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auto_engine_on_large_jobs_matches_naive(seed, monkeypatch):
+    """engine="auto" captures the model when full recompute is estimated to be slow (forced here)."""
+    import basewise.ism as ism_module
+
+    monkeypatch.setattr(ism_module, "_estimated_full_seconds", lambda *a: 1e9)
+    rng = np.random.default_rng(seed)
+    seqs = random_seqs(rng, 2, 40, n_frac=0.05)
+    model = RandomCNN(seed + 10)
+    expected = naive_ism(model, basewise.sequence.to_onehot(seqs), 0, 40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the spot check must not find a disagreement
+        out = basewise.ISM_predict(seqs, model, return_df=False, batch_size=17)
+    assert_close_scaled(out, expected)
+    plan = basewise.plan_ism(model, 40, cached_only=True)
+    assert plan.supported  # the auto run captured and cached a plan

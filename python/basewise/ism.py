@@ -137,12 +137,26 @@ def _check_compare(compare_func: Any) -> None:
     )
 
 
+def _estimated_full_seconds(forward: Callable, ref_idx: torch.Tensor, dtype: torch.dtype, n_mutants: int) -> float:
+    """Upper estimate of a full-recompute run: one timed single-sequence forward per mutant."""
+    import time
+
+    predictor = FullPredictor(forward, ref_idx, dtype)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        predictor.reference()
+        if ref_idx.device.type == "cuda":
+            torch.cuda.synchronize(ref_idx.device)
+        return (time.perf_counter() - t0) * n_mutants
+
+
 def _make_predictor(engine: str, model: Any, forward: Callable, length: int, device: torch.device,
-                    dtype: torch.dtype, prediction_transform: Optional[Callable]):
+                    dtype: torch.dtype, prediction_transform: Optional[Callable], cached_only: bool = False):
     """A factory ``ref_idx -> predictor`` for the chosen engine, and the engine's name.
 
     With ``engine="auto"`` a planner failure of any kind means the full path: the incremental
-    engine is an optimisation and never a reason for a call to fail.
+    engine is an optimisation and never a reason for a call to fail. ``cached_only`` uses a plan
+    captured by an earlier call but never captures (small jobs).
     """
     full = lambda ref_idx: FullPredictor(forward, ref_idx, dtype)  # noqa: E731
     if engine == "full":
@@ -150,7 +164,8 @@ def _make_predictor(engine: str, model: Any, forward: Callable, length: int, dev
     from .incremental import IncrementalPredictor, plan_ism
 
     try:
-        plan = plan_ism(model, length, prediction_transform=prediction_transform, device=device, dtype=dtype)
+        plan = plan_ism(model, length, prediction_transform=prediction_transform, device=device, dtype=dtype,
+                        cached_only=cached_only and engine == "auto")
     except Exception as err:  # noqa: BLE001 - any planner failure falls back to the full path
         if engine == "incremental":
             raise ValueError(f"engine: 'incremental' was requested but planning failed: {err}") from err
@@ -345,13 +360,19 @@ def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine,
     n_mutants_total = int(3 * n_seqs * n_pos + int((ref_np[:, start:end] == 4).sum()))
 
     workers = []
+    capture_ok = engine != "auto"
     for dev, m in replicas:
         fwd = make_forward(m, prediction_transform)
         m_dtype = dtype
         autocast = dtype != model_dtype(m) and isinstance(m, torch.nn.Module)
         if autocast:
             fwd = _autocast_forward(fwd, dev, dtype)
-        factory, name = _make_predictor(engine, m, fwd, length, dev, m_dtype, prediction_transform)
+        if engine == "auto" and not workers:
+            # Capturing a model for the incremental engine costs ~0.3-1 s; it only pays off when
+            # full recompute would take longer. Estimate that from one timed reference forward.
+            capture_ok = _estimated_full_seconds(fwd, ref_all[:1].to(dev), m_dtype, n_mutants_total) > 1.0
+        factory, name = _make_predictor(engine, m, fwd, length, dev, m_dtype, prediction_transform,
+                                        cached_only=not capture_ok)
         full_factory = lambda ref_idx, fwd=fwd: FullPredictor(fwd, ref_idx, m_dtype)  # noqa: E731
         workers.append([dev, factory, name, full_factory])
 
