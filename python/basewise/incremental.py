@@ -1898,6 +1898,11 @@ class IncrementalPredictor:
             vals[i.node] = self._full_of(i, env, ctx, n.name)
         a = torch.fx.node.map_arg(fx.args, lambda v: vals[v])
         k = torch.fx.node.map_arg(fx.kwargs, lambda v: vals[v])
+        if fx.target is aten.linear.default and a[0].dim() > 2 and not a[0].is_contiguous():
+            # a dense layer on a transposed activation (attention's in-projection on the
+            # sequence-first layout) would otherwise run as a batched matmul with an expanded,
+            # copied weight; one contiguous copy turns it into a single GEMM
+            a = (a[0].contiguous(),) + tuple(a[1:])
         return fx.target(*a, **k)
 
     def predict(self, mutants: torch.Tensor) -> torch.Tensor:
