@@ -308,11 +308,9 @@ def test_ism_log2fc_degenerate_values(models, workdir):
             assert any("invalid value encountered in log2" in m for m in gw)
 
 
-@pytest.mark.xfail(strict=True, reason="basewise computes compare_func in its native op and does not "
-                   "emit numpy's RuntimeWarnings for nan/inf results (gReLU does; spec 2.3)")
 def test_ism_log2fc_runtime_warning(models):
     """gReLU returns nan/-inf from log2FC with numpy's RuntimeWarning ('invalid value encountered
-    in log2' / 'divide by zero encountered in log2'); basewise returns the same values silently."""
+    in log2' / 'divide by zero encountered in log2'); basewise emits the same warnings."""
     seqs = random_seqs(np.random.default_rng(7), 2)
     _, bw = run_basewise(bscore.ISM_predict, seqs, models["conv_profile_mse"], compare_func="log2FC",
                          return_df=False)

@@ -305,6 +305,7 @@ def ISM_predict(
         if isinstance(compare_func, str):
             ops.compare_(preds, ref_preds, compare_func)
             out = preds.numpy()
+            _numpy_style_warnings(out, compare_func)
         else:
             ref = ref_preds.numpy()[:, None, None]  # (B, 1, 1, T, L_out)
             out = compare_func(preds.numpy(), ref)
@@ -317,6 +318,17 @@ def ISM_predict(
             return pd.DataFrame(out[0, :, :, 0, 0].T, index=["A", "C", "G", "T"], columns=list(letters))
         warnings.warn(_DF_WARNING, UserWarning, stacklevel=2)
     return out
+
+
+def _numpy_style_warnings(out: np.ndarray, kind: str) -> None:
+    """The RuntimeWarnings numpy (hence gReLU) emits when a comparison makes inf or nan."""
+    if kind == "subtract":
+        return
+    op = "log2" if kind == "log2FC" else "divide"
+    if np.isinf(out).any():
+        warnings.warn(f"divide by zero encountered in {op}", RuntimeWarning, stacklevel=3)
+    if np.isnan(out).any():
+        warnings.warn(f"invalid value encountered in {op}", RuntimeWarning, stacklevel=3)
 
 
 def _eval_mode(model: Any) -> None:
