@@ -183,6 +183,28 @@ def test_matches_captum_one_at_a_time_loop():
         close(ours, loop, 1e-5)
 
 
+def test_default_batching_of_long_sequences():
+    """At L = 400 the CPU defaults split integrated gradients' 50 scaled copies into chunks of 20
+    rows and saliency into batches of 20 sequences: same numbers, no captum warnings."""
+    from basewise.attribution import default_batch_size, default_internal_batch_size
+
+    cpu = torch.device("cpu")
+    assert default_batch_size("saliency", 400, cpu) == 20
+    assert default_batch_size("integratedgradients", 400, cpu) == 1
+    assert default_internal_batch_size(400, cpu, 1) == 20
+    assert default_internal_batch_size(50, cpu, 1) is None
+    net = conv_net(seed=22, channels=4)
+    seqs = random_seqs(np.random.default_rng(22), 3, 400)
+    x = basewise.to_onehot(seqs)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        chunked = get_attributions(net, seqs, method="integratedgradients")
+        whole = get_attributions(net, seqs, method="integratedgradients", internal_batch_size=1000)
+    assert [str(w.message) for w in rec] == []
+    close(chunked, whole, 1e-12)
+    close(chunked, ig_reference(net, x), 1e-6)
+
+
 def test_target_and_scalar_requirement():
     net = conv_net(tasks=3, seed=5)  # (B, 3, 1)
     seqs = random_seqs(np.random.default_rng(5), 4, 20)

@@ -61,7 +61,8 @@ import torch.nn.functional as F
 from ._model import _as_3d, is_lightning_like, model_dtype, preserved_model_state
 from .sequence import to_onehot
 
-__all__ = ["get_attributions", "METHODS", "deepshap_rules", "default_batch_size"]
+__all__ = ["get_attributions", "METHODS", "deepshap_rules", "default_batch_size",
+           "default_internal_batch_size"]
 
 #: The valid ``method`` names, in gReLU's order.
 METHODS = ("deepshap", "saliency", "inputxgradient", "integratedgradients")
@@ -72,28 +73,46 @@ HYPOTHETICAL_WARNING = "hypothetical = True will be ignored as method is not dee
 CORRECT_GRAD_WARNING = "correct_grad = True will be ignored as method is not saliency."
 ENFORMER_ERROR = "DeepShap currently cannot be applied to Enformer models."
 
-#: Default batching of the captum methods: sequences per captum call are chosen so that one call
-#: holds about this many input positions (sequences x length, x ``n_steps`` for integrated
-#: gradients), between 1 and :data:`DEFAULT_BATCH_SIZE` sequences. On a CPU the work is
-#: compute-bound and activations of a few MB stay in cache (16 sequences of L = 1000 beat 64 in
-#: bench_attr.py); a GPU wants larger batches. Integrated gradients on a CPU thus runs one sequence
-#: (its 50 scaled copies) per call at L >= 328, like gReLU.
+#: Default batching of the captum methods: one captum forward/backward pass holds about this many
+#: input positions (rows x length). On a CPU the work is compute-bound and what batching buys is
+#: cache reuse and better use of the threads: activations of a few MB stay in cache, and 8 rows of
+#: L = 1000 were fastest on the benchmark CNNs (bench_attr.py; 32 or 64 rows were slower than
+#: gReLU's one-at-a-time loop). A GPU wants large batches.
 DEFAULT_BATCH_SIZE = 64
-DEFAULT_POSITIONS = {"cpu": 16_384, "gpu": 262_144}
+DEFAULT_POSITIONS = {"cpu": 8_192, "gpu": 262_144}
 
 
 def default_batch_size(method: str, length: int, device: torch.device, n_steps: int = 50) -> int:
     """Sequences per captum call when ``batch_size`` is None.
 
+    ``DEFAULT_POSITIONS`` input positions per call (sequences x length, times ``n_steps`` for
+    integrated gradients), between 1 and ``DEFAULT_BATCH_SIZE`` sequences.
+
     Example:
         >>> default_batch_size("saliency", 1000, torch.device("cpu"))
-        16
+        8
         >>> default_batch_size("integratedgradients", 1000, torch.device("cpu"))
         1
     """
     budget = DEFAULT_POSITIONS["cpu" if device.type == "cpu" else "gpu"]
     per_sequence = max(1, length) * (n_steps if method == "integratedgradients" else 1)
     return max(1, min(DEFAULT_BATCH_SIZE, budget // per_sequence))
+
+
+def default_internal_batch_size(length: int, device: torch.device, batch_size: int,
+                                n_steps: int = 50) -> Optional[int]:
+    """captum's ``internal_batch_size`` for integrated gradients when not given: the
+    ``batch_size x n_steps`` scaled inputs of one call are run in chunks of about
+    ``DEFAULT_POSITIONS`` positions (at least one row per sequence); None when they fit at once.
+
+    Example:
+        >>> default_internal_batch_size(1000, torch.device("cpu"), 1)  # 50 rows in chunks of 8
+        8
+    """
+    rows = max(1, DEFAULT_POSITIONS["cpu" if device.type == "cpu" else "gpu"] // max(1, length))
+    if batch_size * n_steps <= rows:
+        return None
+    return max(batch_size, rows)
 
 
 # captum's options per method (what ``**kwargs`` may hold for the gradient methods).
@@ -560,10 +579,11 @@ def get_attributions(
         seed: deepshap: reference k of every sequence is shuffled with seed ``seed + k``, so a
             fixed seed makes the result deterministic; None draws fresh references. Default None.
         batch_size: keyword-only. Captum methods: sequences per captum call; None picks
-            :func:`default_batch_size` (about 16k input positions per call on a CPU, 262k on a
-            GPU, at most 64 sequences; with integrated gradients each sequence counts
-            ``n_steps`` times, so on a CPU at L = 1000 it is 16 sequences for saliency and 1 for
-            integrated gradients). Deepshap: tangermeme's ``batch_size`` (sequence-reference pairs), None for
+            :func:`default_batch_size` (about 8k input positions per pass on a CPU, 262k on a
+            GPU, at most 64 sequences; an integrated-gradients sequence counts ``n_steps``
+            times, and its scaled copies run in chunks of about that size through captum's
+            ``internal_batch_size`` unless given: on a CPU at L = 1000, 8 sequences per call for
+            saliency, 1 sequence in chunks of 8 rows for integrated gradients). Deepshap: tangermeme's ``batch_size`` (sequence-reference pairs), None for
             tangermeme's default (32). The result does not depend on it beyond float rounding.
             Default None.
         target: keyword-only. Which output to explain. Captum methods: passed to captum after a
@@ -643,13 +663,17 @@ def get_attributions(
                 for p in model.parameters():  # gradients are needed for the input only
                     p.requires_grad_(False)
             dtype = model_dtype(model)
+            options = dict(kwargs)
             if batch_size is None:
-                batch_size = default_batch_size(method, x.shape[-1], dev, kwargs.get("n_steps", 50))
+                batch_size = default_batch_size(method, x.shape[-1], dev, options.get("n_steps", 50))
+            if method == "integratedgradients" and options.get("internal_batch_size") is None:
+                options["internal_batch_size"] = default_internal_batch_size(
+                    x.shape[-1], dev, batch_size, options.get("n_steps", 50))
             forward = _model_forward(model, prediction_transform)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_CAPTUM_WARNING, category=UserWarning)
                 attr = _captum_attributions(method, forward, x, dev, dtype, batch_size, target,
-                                            dict(kwargs))  # (B, 4, L)
+                                            options)  # (B, 4, L)
             if method == "integratedgradients":
                 attr = attr.to(torch.float64)
             elif attr.dtype != torch.float64:
