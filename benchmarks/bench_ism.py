@@ -25,7 +25,7 @@ transform), conv + transformer (L = 1000).
 
 Usage:
     python benchmarks/bench_ism.py [--models basset,bpnet,transformer] [--batch-size 64]
-        [--repeats 3] [--skip tangermeme-full,naive] [--json out.json]
+        [--repeats 3] [--skip tangermeme-full,naive] [--json out.json] [--wait-quiet 120]
 
 Example:
     >>> # python benchmarks/bench_ism.py --models basset --repeats 1
@@ -155,6 +155,19 @@ def _methods(model, length, transform, seq: str, idx: torch.Tensor, batch_size: 
     return out, notes
 
 
+def _wait_quiet(max_s: float) -> None:
+    """Wait (at most max_s seconds) until no other task is runnable for ~2 s (/proc/loadavg)."""
+    if max_s <= 0 or not os.path.exists("/proc/loadavg"):
+        return
+    t_end = time.monotonic() + max_s
+    quiet = 0
+    while time.monotonic() < t_end and quiet < 4:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        quiet = quiet + 1 if running <= 1 else 0  # 1 = this process reading the file
+        time.sleep(0.5)
+
+
 def _fmt(ts: List[float]) -> str:
     return f"{statistics.median(ts):.3f} [{min(ts):.3f}]"
 
@@ -167,6 +180,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip", default="", help="comma list of: tangermeme-fast, tangermeme-full, naive")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--wait-quiet", type=float, default=0.0,
+                    help="before each timed round, wait up to this many seconds for other jobs to go idle")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     skip = set(s for s in args.skip.split(",") if s)
@@ -193,6 +208,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         times: Dict[str, List[float]] = {k: [] for k in methods}
         for _ in range(args.repeats):
             for name, fn in methods.items():
+                _wait_quiet(args.wait_quiet)
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
