@@ -185,11 +185,11 @@ def test_matches_captum_one_at_a_time_loop():
 
 def test_default_batching_of_long_sequences():
     """At L = 400 the CPU defaults split integrated gradients' 50 scaled copies into chunks of 20
-    rows and saliency into batches of 20 sequences: same numbers, no captum warnings."""
+    rows and saliency into batches of 10 sequences: same numbers, no captum warnings."""
     from basewise.attribution import default_batch_size, default_internal_batch_size
 
     cpu = torch.device("cpu")
-    assert default_batch_size("saliency", 400, cpu) == 20
+    assert default_batch_size("saliency", 400, cpu) == 10
     assert default_batch_size("integratedgradients", 400, cpu) == 1
     assert default_internal_batch_size(400, cpu, 1) == 20
     assert default_internal_batch_size(50, cpu, 1) is None

@@ -75,27 +75,32 @@ ENFORMER_ERROR = "DeepShap currently cannot be applied to Enformer models."
 
 #: Default batching of the captum methods: one captum forward/backward pass holds about this many
 #: input positions (rows x length). On a CPU the work is compute-bound and what batching buys is
-#: cache reuse and better use of the threads: activations of a few MB stay in cache, and 8 rows of
-#: L = 1000 were fastest on the benchmark CNNs (bench_attr.py; 32 or 64 rows were slower than
-#: gReLU's one-at-a-time loop). A GPU wants large batches.
+#: cache reuse and better use of the threads: activations of a few MB stay in cache. On the 2-core
+#: CPU of bench_attr.py, 4 sequences of L = 1000 per pass were fastest for saliency and
+#: inputxgradient and 8 rows for integrated gradients' scaled copies (16 or more rows were
+#: slower than gReLU's one-at-a-time loop). A GPU wants large batches.
 DEFAULT_BATCH_SIZE = 64
-DEFAULT_POSITIONS = {"cpu": 8_192, "gpu": 262_144}
+DEFAULT_POSITIONS = {"cpu": 4_096, "gpu": 262_144}
+DEFAULT_IG_POSITIONS = {"cpu": 8_192, "gpu": 262_144}
 
 
 def default_batch_size(method: str, length: int, device: torch.device, n_steps: int = 50) -> int:
     """Sequences per captum call when ``batch_size`` is None.
 
-    ``DEFAULT_POSITIONS`` input positions per call (sequences x length, times ``n_steps`` for
-    integrated gradients), between 1 and ``DEFAULT_BATCH_SIZE`` sequences.
+    ``DEFAULT_POSITIONS`` input positions per call (sequences x length), for integrated gradients
+    ``DEFAULT_IG_POSITIONS`` (sequences x length x ``n_steps``), between 1 and
+    ``DEFAULT_BATCH_SIZE`` sequences.
 
     Example:
         >>> default_batch_size("saliency", 1000, torch.device("cpu"))
-        8
+        4
         >>> default_batch_size("integratedgradients", 1000, torch.device("cpu"))
         1
     """
-    budget = DEFAULT_POSITIONS["cpu" if device.type == "cpu" else "gpu"]
-    per_sequence = max(1, length) * (n_steps if method == "integratedgradients" else 1)
+    kind = "cpu" if device.type == "cpu" else "gpu"
+    ig = method == "integratedgradients"
+    budget = (DEFAULT_IG_POSITIONS if ig else DEFAULT_POSITIONS)[kind]
+    per_sequence = max(1, length) * (n_steps if ig else 1)
     return max(1, min(DEFAULT_BATCH_SIZE, budget // per_sequence))
 
 
@@ -103,13 +108,13 @@ def default_internal_batch_size(length: int, device: torch.device, batch_size: i
                                 n_steps: int = 50) -> Optional[int]:
     """captum's ``internal_batch_size`` for integrated gradients when not given: the
     ``batch_size x n_steps`` scaled inputs of one call are run in chunks of about
-    ``DEFAULT_POSITIONS`` positions (at least one row per sequence); None when they fit at once.
+    ``DEFAULT_IG_POSITIONS`` positions (at least one row per sequence); None when they fit at once.
 
     Example:
         >>> default_internal_batch_size(1000, torch.device("cpu"), 1)  # 50 rows in chunks of 8
         8
     """
-    rows = max(1, DEFAULT_POSITIONS["cpu" if device.type == "cpu" else "gpu"] // max(1, length))
+    rows = max(1, DEFAULT_IG_POSITIONS["cpu" if device.type == "cpu" else "gpu"] // max(1, length))
     if batch_size * n_steps <= rows:
         return None
     return max(batch_size, rows)
@@ -579,11 +584,12 @@ def get_attributions(
         seed: deepshap: reference k of every sequence is shuffled with seed ``seed + k``, so a
             fixed seed makes the result deterministic; None draws fresh references. Default None.
         batch_size: keyword-only. Captum methods: sequences per captum call; None picks
-            :func:`default_batch_size` (about 8k input positions per pass on a CPU, 262k on a
-            GPU, at most 64 sequences; an integrated-gradients sequence counts ``n_steps``
-            times, and its scaled copies run in chunks of about that size through captum's
-            ``internal_batch_size`` unless given: on a CPU at L = 1000, 8 sequences per call for
-            saliency, 1 sequence in chunks of 8 rows for integrated gradients). Deepshap: tangermeme's ``batch_size`` (sequence-reference pairs), None for
+            :func:`default_batch_size` (about 4k input positions per pass on a CPU, 262k on a
+            GPU, at most 64 sequences; for integrated gradients 8k positions on a CPU, a
+            sequence counting ``n_steps`` times, and its scaled copies run in chunks of that
+            size through captum's ``internal_batch_size`` unless given: on a CPU at L = 1000,
+            4 sequences per call for saliency, 1 sequence in chunks of 8 rows for integrated
+            gradients). Deepshap: tangermeme's ``batch_size`` (sequence-reference pairs), None for
             tangermeme's default (32). The result does not depend on it beyond float rounding.
             Default None.
         target: keyword-only. Which output to explain. Captum methods: passed to captum after a
