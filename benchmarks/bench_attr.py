@@ -8,8 +8,9 @@ sequence/reference pairs per sequence would take minutes on a 2-core CPU):
   the LightningModel, so it runs on the stand-in); otherwise its code path reproduced: captum's
   ``Saliency`` (``abs=False``) / ``InputXGradient`` / ``IntegratedGradients`` wrapping the
   LightningModel (stand-in from ``tests/_grelu_standins.py``), one (1, 4, L) slice per call
-  under ``no_grad``, results stacked; for deepshap, ``add_transform``, ``tangermeme.deep_lift_shap`` on the whole
-  LightningModel, ``.numpy(force=True)``, ``reset_transform``.
+  under ``no_grad``, results stacked; for deepshap, ``add_transform``,
+  ``tangermeme.deep_lift_shap`` on the whole LightningModel, ``.numpy(force=True)``,
+  ``reset_transform``.
 * ``tangermeme``: ``tangermeme.deep_lift_shap`` called directly on the LightningModel (deepshap
   only).
 * ``basewise``: ``get_attributions`` with its defaults (batched captum calls; for deepshap the
@@ -228,7 +229,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         grelu_note = "gReLU column: grelu's own get_attributions on the stand-in LightningModel"
     except ImportError:
         grelu_note = "grelu not installed: its code path is reproduced with captum/tangermeme directly"
-    dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu"
+    on_gpu = args.device.startswith("cuda") or args.device.isdigit()
+    device = int(args.device) if args.device.isdigit() else args.device  # gReLU: a GPU index
+    dev_name = torch.cuda.get_device_name() if on_gpu else platform.processor() or "cpu"
     print(f"# bench_attr: {args.device} ({dev_name}), {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, medians (min) of >= {args.repeats} runs and >= {args.min_time} s; "
           f"{grelu_note}")
@@ -247,13 +250,13 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             def basewise_run():
                 with warnings.catch_warnings(record=True) as rec:
                     warnings.simplefilter("always")
-                    out = get_attributions(lm, x, device=args.device, method=method,
+                    out = get_attributions(lm, x, device=device, method=method,
                                            n_shuffles=args.n_shuffles, seed=seed)
                 warned.extend(str(w.message)[:40] for w in rec)
                 return out
 
             fns: Dict[str, Callable[[], np.ndarray]] = {
-                "gReLU": lambda: grelu_path(lm, x, method, args.device, args.n_shuffles, seed),
+                "gReLU": lambda: grelu_path(lm, x, method, device, args.n_shuffles, seed),
                 "basewise": basewise_run,
             }
             if method == "deepshap":
@@ -262,7 +265,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 def tm():
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        return deep_lift_shap(lm, x, n_shuffles=args.n_shuffles, device=args.device,
+                        return deep_lift_shap(lm, x, n_shuffles=args.n_shuffles, device=device,
                                               random_state=seed).numpy()
                 fns["tangermeme"] = tm
             outs = {k: f() for k, f in fns.items()}  # warm-up and correctness
@@ -277,7 +280,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                     return float(np.abs(a - ref).max() / max(np.abs(ref).max(), 1e-30))
 
                 ref64 = get_attributions(copy.deepcopy(lm).double(), x.double(), method=method,
-                                         batch_size=1, device=args.device)
+                                         batch_size=1, device=device)
                 check = (f"vs gReLU {err(outs['basewise'], outs['gReLU']):.1e}; vs float64: gReLU "
                          f"{err(outs['gReLU'], ref64):.1e}, basewise {err(outs['basewise'], ref64):.1e}; "
                          f"{outs['basewise'].dtype}")

@@ -153,7 +153,8 @@ def test_batched_equals_one_at_a_time_and_references(kind, seed):
     seqs = random_seqs(rng, 7, 23, n_frac=0.1)
     x = basewise.to_onehot(seqs)
     g = grad_reference(ref_forward, x)
-    refs = {"saliency": g, "inputxgradient": g * x.numpy(), "integratedgradients": ig_reference(ref_forward, x)}
+    refs = {"saliency": g, "inputxgradient": g * x.numpy(),
+            "integratedgradients": ig_reference(ref_forward, x)}
     for m in CAPTUM:
         batched = get_attributions(model, seqs, prediction_transform=SumTasks(), method=m, batch_size=3)
         single = get_attributions(model, seqs, prediction_transform=SumTasks(), method=m, batch_size=1)
@@ -422,7 +423,8 @@ class Counting(nn.Module):
 
 def test_validation_before_any_model_call():
     m = Counting()
-    with pytest.raises(NotImplementedError, match="'deepshap', 'saliency', 'inputxgradient', 'integratedgradients'"):
+    names = "'deepshap', 'saliency', 'inputxgradient', 'integratedgradients'"
+    with pytest.raises(NotImplementedError, match=names):
         get_attributions(m, "ACGT", method="ISM")
     with pytest.raises(NotImplementedError):
         get_attributions(m, "ACGT", method="Saliency")

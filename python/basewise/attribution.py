@@ -11,7 +11,11 @@ Four methods, with gReLU 1.1.0's semantics (spec section 3):
 The three gradient methods run through ``captum.attr`` (``Saliency``, ``InputXGradient``,
 ``IntegratedGradients``) like gReLU's, but over batches of sequences instead of one sequence per
 call; every sequence is attributed independently (the model is in eval mode), so the numbers are
-those of the one-at-a-time loop up to float32 rounding of batched kernels.
+those of the one-at-a-time loop up to float32 rounding of batched kernels (which, like any float32
+rounding, can put a ReLU input on the other side of 0 and so change single gradient entries of
+ReLU networks; bench_attr.py checks both against float64). Integrated gradients is accumulated in
+float64 as gReLU's (captum 0.5) is: bitwise gReLU's numbers with captum 0.5; captum >= 0.6 rounds
+the quadrature weights to float32, a relative difference of about 1e-9.
 
 What basewise does better than gReLU (spec section 7):
 
@@ -24,7 +28,9 @@ What basewise does better than gReLU (spec section 7):
   (enformer-pytorch's ``GELU``, gReLU's ``Activation("exp")``, ``nn.Hardswish``, subclasses of
   supported activations, ...). Attributions then sum to the output differences within
   tangermeme's threshold. On models whose activation is the identity the numbers are exactly
-  those of ``tangermeme.deep_lift_shap`` on the model itself, i.e. gReLU's.
+  those of ``tangermeme.deep_lift_shap`` on the model itself, i.e. gReLU's. (Activations called
+  as functions *inside* the network, such as ``F.relu`` in a ``forward``, stay invisible to
+  DeepLIFT's module hooks, as in gReLU; gReLU's refusal of its Enformer models is kept.)
 * **Validation first.** ``method``, ``device``, ``batch_size``, ``n_shuffles``, ``seed``, the
   captum options and ``seqs`` are checked before any model call. An unknown method raises
   ``NotImplementedError`` (gReLU's type) whose message lists the valid names.
@@ -47,8 +53,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import numbers
 import warnings
 from typing import Any, Callable, Dict, Optional, Tuple, Union
