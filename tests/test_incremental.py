@@ -525,3 +525,64 @@ def test_predictors_share_static_state_and_see_weight_updates():
     y = p3.predict(muts)
     y_full = naive(model, None, ref, muts)
     assert float((y - y_full).abs().max()) <= RTOL * float(y_full.abs().max())
+
+
+class _PickTask(nn.Module):
+    """Like gReLU's ``Aggregate(tasks=[k])``: (B, T, L) -> (B, 1, L)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def forward(self, y):
+        return y[:, self.k:self.k + 1]
+
+
+def test_fresh_transform_per_call_never_reuses_a_stale_plan():
+    """gReLU's idiom: a new transform object in every call. CPython readily puts a new object at a
+    freed one's address (closures almost always); the plan cache must not mistake it for the old
+    transform, whose plan would give the old task's numbers."""
+    import gc
+    import warnings
+
+    import basewise
+
+    def pick(k):
+        return lambda y: y[:, k:k + 1]
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv1d(4, 6, 7, padding=3), nn.ReLU(), nn.Conv1d(6, 3, 3, padding=1)).eval()
+    seqs = ["".join(np.random.default_rng(s).choice(list("ACGTN"), 37)) for s in range(2)]
+    expected = {k: basewise.ISM_predict(seqs, model, prediction_transform=_PickTask(k), return_df=False,
+                                        engine="full") for k in range(3)}
+    for i in range(12):
+        k = i % 3
+        t = pick(k)
+        if i % 2:
+            plan_ism(model, 37, prediction_transform=t)  # cache a plan for t, then free t
+            del t
+            gc.collect()
+            t = pick(k)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no fallback warning either
+            out = basewise.ISM_predict(seqs, model, prediction_transform=t, return_df=False,
+                                       engine="incremental")
+        scale = float(np.abs(expected[k]).max())
+        assert float(np.abs(out - expected[k]).max()) <= RTOL * scale, (i, k)
+        plan = plan_ism(model, 37, prediction_transform=t)
+        del t
+        gc.collect()
+        assert plan_ism(model, 37, prediction_transform=pick((k + 1) % 3), cached_only=True) is not plan
+
+
+def test_replaced_submodule_gets_a_new_plan():
+    """Swapping a layer for a new one of the same type and shape must not reuse the old plan."""
+    import basewise
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv1d(4, 5, 5, padding=2), nn.ReLU(), nn.Conv1d(5, 2, 3, padding=1)).eval()
+    seq = "".join(np.random.default_rng(9).choice(list("ACGT"), 29))
+    for trial in range(4):
+        model[2] = nn.Conv1d(5, 2, 3, padding=1).eval()  # the old layer is freed
+        inc = basewise.ISM_predict(seq, model, return_df=False, engine="incremental")
+        full = basewise.ISM_predict(seq, model, return_df=False, engine="full")
+        assert float(np.abs(inc - full).max()) <= RTOL * float(np.abs(full).max()), trial

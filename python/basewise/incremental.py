@@ -341,16 +341,24 @@ class _Wrapped(torch.nn.Module):
         return y
 
 
-_PLAN_CACHE: "weakref.WeakKeyDictionary[Any, Dict[Any, IsmPlan]]" = weakref.WeakKeyDictionary()
+# model -> {key: (plan, pins)}. Keys hold id()s of the submodules and transforms; ``pins`` holds
+# strong references to exactly those objects, so none of them can be freed and its address reused
+# by a fresh object (e.g. a new prediction_transform per call) while the entry exists: an id in a
+# key then always means the same object. At most 8 entries per model; the entries go with the model.
+_PLAN_CACHE: "weakref.WeakKeyDictionary[Any, Dict[Any, Tuple[IsmPlan, Tuple]]]" = weakref.WeakKeyDictionary()
 _PLAN_LOCK = threading.Lock()
 
 
-def _fingerprint(model: torch.nn.Module, transform: Any) -> Tuple:
-    mods = tuple((n, type(m).__qualname__, id(m), m.training) for n, m in model.named_modules())
+def _fingerprint(model: torch.nn.Module, transform: Any) -> Tuple[Tuple, Tuple]:
+    """(key, pins): the cache key of ``model`` + ``transform`` and the objects whose ids it holds."""
+    named = list(model.named_modules())
+    mods = tuple((n, type(m).__qualname__, id(m), m.training) for n, m in named)
     params = tuple((n, tuple(p.shape), p.dtype, str(p.device)) for n, p in model.named_parameters())
     bufs = tuple((n, tuple(b.shape), b.dtype) for n, b in model.named_buffers())
     tr = getattr(model, "transform", None)
-    return (mods, params, bufs, id(transform), id(tr), type(tr).__qualname__ if tr is not None else None)
+    key = (mods, params, bufs, id(transform), id(tr), type(tr).__qualname__ if tr is not None else None)
+    pins = (tuple(m for n, m in named if m is not model), transform, tr)
+    return key, pins
 
 
 def plan_ism(model: Any, length: int, *, prediction_transform: Optional[Callable] = None,
@@ -399,13 +407,14 @@ def plan_ism(model: Any, length: int, *, prediction_transform: Optional[Callable
     if dtype != model_dtype(model):
         return IsmPlan(False, f"the incremental engine runs in the model's dtype ({model_dtype(model)}), "
                               f"not {dtype} under autocast", length)
-    key = None
+    key = pins = None
     if use_cache or cached_only:
-        key = (length, str(device), dtype, _fingerprint(model, prediction_transform))
+        fp, pins = _fingerprint(model, prediction_transform)
+        key = (length, str(device), dtype, fp)
         with _PLAN_LOCK:
             cached = _PLAN_CACHE.get(model, {}).get(key)
         if cached is not None:
-            return cached
+            return cached[0]
     if cached_only:
         return IsmPlan(False, "not captured yet (cached_only=True)", length)
     plan = _plan(model, length, prediction_transform, device, dtype)
@@ -415,7 +424,7 @@ def plan_ism(model: Any, length: int, *, prediction_transform: Optional[Callable
                 per_model = _PLAN_CACHE.setdefault(model, {})
                 while len(per_model) >= 8:  # e.g. a fresh lambda transform per call
                     per_model.pop(next(iter(per_model)))
-                per_model[key] = plan
+                per_model[key] = (plan, pins)
             except TypeError:
                 pass
     return plan
