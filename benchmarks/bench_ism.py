@@ -11,7 +11,9 @@ single-base substitution (3L mutants plus the reference), side by side at an equ
   really runs (it still captures and verifies the model on every call, as it does by design);
 * ``tangermeme full``: the same with ``fast=False``;
 * ``gReLU``: ``grelu.interpret.score.ISM_predict`` when grelu is installed (it is not a
-  dependency; the row says so when it is missing);
+  dependency; a note says so when it is missing), on a gReLU ``LightningModel`` whose network is
+  the benchmark model; it predicts all 4 bases at every position (4L sequences), through its
+  ``ISMDataset`` and a Lightning ``Trainer``;
 * ``naive loop``: the reference plus all mutants as one-hot batches through the model under
   ``inference_mode``.
 
@@ -25,7 +27,7 @@ transform), conv + transformer (L = 1000).
 
 Usage:
     python benchmarks/bench_ism.py [--models basset,bpnet,transformer] [--batch-size 64]
-        [--repeats 3] [--skip tangermeme-full,naive] [--json out.json] [--wait-quiet 120]
+        [--repeats 3] [--skip tangermeme-full,grelu,naive] [--json out.json] [--wait-quiet 120]
 
 Example:
     >>> # python benchmarks/bench_ism.py --models basset --repeats 1
@@ -132,11 +134,17 @@ def _methods(model, length, transform, seq: str, idx: torch.Tensor, batch_size: 
     except ImportError:
         notes["tangermeme fast"] = notes["tangermeme full"] = "tangermeme not installed"
 
-    try:
-        from grelu.interpret.score import ISM_predict as grelu_ism  # noqa: F401
-        notes["gReLU"] = "installed, but benchmarking it needs a LightningModel; not run"
-    except ImportError:
-        notes["gReLU"] = "grelu not installed (not a dependency); not run"
+    if "grelu" not in skip:
+        try:
+            grelu_run = _grelu_method(model, transform, seq, length, batch_size)
+        except ImportError:
+            notes["gReLU"] = "grelu not installed (not a dependency); not run"
+        else:
+            out["gReLU"] = grelu_run
+            notes["gReLU"] = ("grelu.interpret.score.ISM_predict on a LightningModel wrapping the same "
+                              "network (predicts all 4 bases at every position, 4L sequences, through its "
+                              "ISMDataset and a Lightning Trainer; its global matmul-precision change is "
+                              "suppressed so that it computes at the same precision)")
 
     if "naive" not in skip:
         def naive():
@@ -153,6 +161,56 @@ def _methods(model, length, transform, seq: str, idx: torch.Tensor, batch_size: 
             return res.numpy()
         out["naive loop"] = naive
     return out, notes
+
+
+def _grelu_method(model, transform, seq: str, length: int, batch_size: int) -> Callable[[], np.ndarray]:
+    """gReLU 1.1.0's ISM_predict on a gReLU LightningModel whose network is ``model``.
+
+    Raises ImportError without grelu. gReLU's ``predict_on_dataset`` sets the process-wide float32
+    matmul precision to "medium" and its Trainer writes ``lightning_logs/`` into the working
+    directory: both are contained here (precision call recorded, not applied; cwd a temp dir).
+    """
+    import atexit
+    import contextlib
+    import logging
+    import shutil
+    import tempfile
+
+    from grelu.interpret.score import ISM_predict as grelu_ism
+    from grelu.lightning import LightningModel
+
+    with torch.random.fork_rng():
+        lm = LightningModel(model_params={"model_type": "ConvModel", "n_tasks": 1, "stem_channels": 4,
+                                          "stem_kernel_size": 3, "n_conv": 0},
+                            train_params={"task": "regression", "loss": "mse"})
+    lm.model = model  # activation: identity (regression, mse)
+    lm.eval()
+
+    class To3D(torch.nn.Module):  # gReLU needs (B, T, L_out); the benchmark models give (B, T)
+        def forward(self, y):
+            y = transform(y) if transform is not None else y
+            return y[..., None] if y.ndim == 2 else y
+    transform_3d = To3D()
+    workdir = tempfile.mkdtemp(prefix="bench_ism_grelu_")
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    for name in ("lightning", "pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    def run() -> np.ndarray:
+        original = torch.set_float32_matmul_precision
+        cwd = os.getcwd()
+        torch.set_float32_matmul_precision = lambda *a, **k: None
+        os.chdir(workdir)
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+                warnings.simplefilter("ignore")
+                y = grelu_ism(seq, lm, prediction_transform=transform_3d, devices="cpu", batch_size=batch_size,
+                              return_df=False)
+        finally:
+            os.chdir(cwd)
+            torch.set_float32_matmul_precision = original
+        return np.asarray(y).reshape(length, 4, -1)  # (1, L, 4, T, L_out) -> (L, 4, T * L_out)
+    return run
 
 
 def _wait_quiet(max_s: float) -> None:
@@ -178,7 +236,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--skip", default="", help="comma list of: tangermeme-fast, tangermeme-full, naive")
+    ap.add_argument("--skip", default="", help="comma list of: tangermeme-fast, tangermeme-full, grelu, naive")
     ap.add_argument("--json", default=None)
     ap.add_argument("--wait-quiet", type=float, default=0.0,
                     help="before each timed round, wait up to this many seconds for other jobs to go idle")
@@ -227,6 +285,10 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         print(f"measured full/incremental ratio {med['basewise full'] / med['basewise incremental']:.2f}x vs "
               f"predicted FLOP ratio {plan.predicted_flop_ratio:.2f}x "
               f"({100 * med['basewise full'] / med['basewise incremental'] / plan.predicted_flop_ratio:.0f}% of the floor)")
+        peers = [k for k in ("tangermeme full", "gReLU", "naive loop") if k in med]
+        if peers:
+            print("full recompute: basewise full is " + ", ".join(
+                f"{med[k] / med['basewise full']:.2f}x {k}" for k in peers) + " (time ratio, same batch size)")
         for k, v in notes.items():
             if not k.startswith("_"):
                 print(f"note: {k}: {v}")

@@ -59,14 +59,17 @@ class BassetLike(nn.Module):
         self.fc2 = nn.Linear(1000, 1000)
         self.fc3 = nn.Linear(1000, n_tasks)
         self.drop = nn.Dropout(0.3)
+        # one ReLU module per use, so that DeepLIFT's module hooks see every non-linearity
+        self.relus = nn.ModuleList(nn.ReLU() for _ in range(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool1(F.relu(self.bn1(self.conv1(x))))
-        x = self.pool2(F.relu(self.bn2(self.conv2(x))))
-        x = self.pool3(F.relu(self.bn3(self.conv3(x))))
+        r = self.relus
+        x = self.pool1(r[0](self.bn1(self.conv1(x))))
+        x = self.pool2(r[1](self.bn2(self.conv2(x))))
+        x = self.pool3(r[2](self.bn3(self.conv3(x))))
         x = x.flatten(1)
-        x = self.drop(F.relu(self.fc1(x)))
-        x = self.drop(F.relu(self.fc2(x)))
+        x = self.drop(r[3](self.fc1(x)))
+        x = self.drop(r[4](self.fc2(x)))
         return self.fc3(x)
 
 
@@ -101,13 +104,16 @@ class BPNetLike(nn.Module):
         )
         self.fconv = nn.Conv1d(n_filters, n_outputs, 75, padding=37)
         self.linear = nn.Linear(n_filters, 1)
+        # one ReLU module per use, so that DeepLIFT's module hooks see every non-linearity
+        self.irelu = nn.ReLU()
+        self.rrelus = nn.ModuleList(nn.ReLU() for _ in range(n_layers))
 
     def forward(self, x: torch.Tensor):
         start = (x.shape[-1] - self.out_len) // 2
         end = start + self.out_len
-        x = F.relu(self.iconv(x))
-        for conv in self.rconvs:
-            x = x + F.relu(conv(x))
+        x = self.irelu(self.iconv(x))
+        for conv, relu in zip(self.rconvs, self.rrelus):
+            x = x + relu(conv(x))
         profile = self.fconv(x)[:, :, start:end]
         counts = self.linear(x[:, :, start - 37:end + 37].mean(dim=2)).reshape(x.shape[0], 1)
         return profile, counts

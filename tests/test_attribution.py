@@ -186,11 +186,11 @@ def test_matches_captum_one_at_a_time_loop():
 
 def test_default_batching_of_long_sequences():
     """At L = 400 the CPU defaults split integrated gradients' 50 scaled copies into chunks of 20
-    rows and saliency into batches of 10 sequences: same numbers, no captum warnings."""
+    rows and saliency into batches of 20 sequences: same numbers, no captum warnings."""
     from basewise.attribution import default_batch_size, default_internal_batch_size
 
     cpu = torch.device("cpu")
-    assert default_batch_size("saliency", 400, cpu) == 10
+    assert default_batch_size("saliency", 400, cpu) == 20
     assert default_batch_size("integratedgradients", 400, cpu) == 1
     assert default_internal_batch_size(400, cpu, 1) == 20
     assert default_internal_batch_size(50, cpu, 1) is None
@@ -338,6 +338,24 @@ def test_deepshap_seed_hypothetical_and_batch_size():
     close(get_attributions(lm, seqs, n_shuffles=4, seed=5, batch_size=3), a, 1e-5)
     raw = get_attributions(lm, seqs, n_shuffles=4, seed=5, raw_outputs=True)
     assert raw.shape == (3, 4, 4, 25)
+
+
+def test_deepshap_default_batching_matches_tangermeme_default():
+    """basewise's CPU default (about 8k positions per tangermeme batch: 8 pairs at L = 1000,
+    bounded by 1 and 64) gives tangermeme's default-batch (32 pairs, gReLU's) numbers: the
+    references do not depend on the batching."""
+    from basewise.attribution import DEEPSHAP_MAX_PAIRS, default_batch_size
+
+    cpu = torch.device("cpu")
+    assert default_batch_size("deepshap", 1000, cpu) == 8
+    assert default_batch_size("deepshap", 20_000, cpu) == 1
+    assert default_batch_size("deepshap", 10, cpu) == DEEPSHAP_MAX_PAIRS
+    lm = StandInLightningModel(conv_net(tasks=1, seed=14), activation="exp")
+    seqs = random_seqs(np.random.default_rng(14), 3, 1000)
+    ours = get_attributions(lm, seqs, n_shuffles=6, seed=2)
+    tm32 = get_attributions(lm, seqs, n_shuffles=6, seed=2, batch_size=32)
+    close(ours, tm32, 1e-5)
+    assert np.abs(ours).max() > 0
 
 
 def test_deepshap_rules_for_unseen_activations():

@@ -16,7 +16,7 @@ import torch  # noqa: F401  (import torch before the extension: one shared OpenM
 
 from .attention import AttentionNotFoundError, get_attention_scores, list_attention_blocks
 from .attribution import get_attributions
-from .incremental import IsmPlan, plan_ism
+from .incremental import IsmPlan, ism_plan_report, plan_ism
 from .ism import ISM_predict
 from .modisco import export_modisco
 from .ops import build_info
@@ -34,6 +34,7 @@ __all__ = [
     "AttentionNotFoundError",
     "plan_ism",
     "IsmPlan",
+    "ism_plan_report",
     "Aggregate",
     "to_indices",
     "to_onehot",

@@ -79,29 +79,40 @@ ENFORMER_ERROR = "DeepShap currently cannot be applied to Enformer models."
 
 #: Default batching of the captum methods: one captum forward/backward pass holds about this many
 #: input positions (rows x length). On a CPU the work is compute-bound and what batching buys is
-#: cache reuse and better use of the threads: activations of a few MB stay in cache. On the 2-core
-#: CPU of bench_attr.py, 4 sequences of L = 1000 per pass were fastest for saliency and
-#: inputxgradient and 8 rows for integrated gradients' scaled copies (16 or more rows were
-#: slower than gReLU's one-at-a-time loop). A GPU wants large batches.
+#: cache reuse, fewer passes over dense weights and better use of the threads. On the 2-core CPU of
+#: bench_attr.py, 8 sequences of L = 1000 per pass were fastest for saliency and inputxgradient on
+#: all three benchmark models (ConvModel, Basset-like, BPNet-like; 1, 2, 4, 16 and 32 were slower,
+#: 32 by 1.3-2x) and 8 rows for integrated gradients' scaled copies. A GPU wants large batches.
 DEFAULT_BATCH_SIZE = 64
-DEFAULT_POSITIONS = {"cpu": 4_096, "gpu": 262_144}
+DEFAULT_POSITIONS = {"cpu": 8_192, "gpu": 262_144}
 DEFAULT_IG_POSITIONS = {"cpu": 8_192, "gpu": 262_144}
+#: deepshap: tangermeme's ``batch_size`` (sequence-reference pairs per pass) when not given: the
+#: same positions budget, at most this many pairs. tangermeme's own default is 32 pairs, which on
+#: the CPU of bench_attr.py ran 1.5-1.7x slower than 8 pairs at L = 1000 on all three benchmark
+#: models. References do not depend on it (reference k of a sequence is drawn with seed + k).
+DEEPSHAP_MAX_PAIRS = 64
 
 
 def default_batch_size(method: str, length: int, device: torch.device, n_steps: int = 50) -> int:
-    """Sequences per captum call when ``batch_size`` is None.
+    """Sequences per captum call (deepshap: sequence-reference pairs per tangermeme batch) when
+    ``batch_size`` is None.
 
     ``DEFAULT_POSITIONS`` input positions per call (sequences x length), for integrated gradients
     ``DEFAULT_IG_POSITIONS`` (sequences x length x ``n_steps``), between 1 and
-    ``DEFAULT_BATCH_SIZE`` sequences.
+    ``DEFAULT_BATCH_SIZE`` sequences; for deepshap ``DEFAULT_POSITIONS`` (pairs x length), between
+    1 and ``DEEPSHAP_MAX_PAIRS`` pairs.
 
     Example:
         >>> default_batch_size("saliency", 1000, torch.device("cpu"))
-        4
+        8
         >>> default_batch_size("integratedgradients", 1000, torch.device("cpu"))
         1
+        >>> default_batch_size("deepshap", 1000, torch.device("cpu"))
+        8
     """
     kind = "cpu" if device.type == "cpu" else "gpu"
+    if method == "deepshap":  # sequence-reference pairs per tangermeme batch
+        return max(1, min(DEEPSHAP_MAX_PAIRS, DEFAULT_POSITIONS[kind] // max(1, length)))
     ig = method == "integratedgradients"
     budget = (DEFAULT_IG_POSITIONS if ig else DEFAULT_POSITIONS)[kind]
     per_sequence = max(1, length) * (n_steps if ig else 1)
@@ -588,13 +599,15 @@ def get_attributions(
         seed: deepshap: reference k of every sequence is shuffled with seed ``seed + k``, so a
             fixed seed makes the result deterministic; None draws fresh references. Default None.
         batch_size: keyword-only. Captum methods: sequences per captum call; None picks
-            :func:`default_batch_size` (about 4k input positions per pass on a CPU, 262k on a
+            :func:`default_batch_size` (about 8k input positions per pass on a CPU, 262k on a
             GPU, at most 64 sequences; for integrated gradients 8k positions on a CPU, a
             sequence counting ``n_steps`` times, and its scaled copies run in chunks of that
             size through captum's ``internal_batch_size`` unless given: on a CPU at L = 1000,
-            4 sequences per call for saliency, 1 sequence in chunks of 8 rows for integrated
-            gradients). Deepshap: tangermeme's ``batch_size`` (sequence-reference pairs), None for
-            tangermeme's default (32). The result does not depend on it beyond float rounding.
+            8 sequences per call for saliency, 1 sequence in chunks of 8 rows for integrated
+            gradients). Deepshap: tangermeme's ``batch_size`` (sequence-reference pairs); None
+            picks :func:`default_batch_size` (about 8k positions per pass on a CPU, i.e. 8 pairs
+            at L = 1000, at most 64; gReLU uses tangermeme's default of 32, 1.5x slower on a CPU).
+            The result does not depend on it beyond float rounding.
             Default None.
         target: keyword-only. Which output to explain. Captum methods: passed to captum after a
             trailing length-1 axis is dropped ((B, T, 1) -> (B, T)): an int picks a task, a tuple
@@ -662,6 +675,8 @@ def get_attributions(
 
     with preserved_model_state(model), torch.inference_mode(False), torch.enable_grad():
         if method == "deepshap":
+            if batch_size is None:
+                batch_size = default_batch_size("deepshap", x.shape[-1], dev)
             attributions = _deepshap(model, prediction_transform, x, dev, n_shuffles,
                                      hypothetical, seed, target, batch_size, dict(kwargs))
         else:
