@@ -816,3 +816,33 @@ def test_attention_input_forms_mode_and_errors(models, workdir):
         run_grelu(workdir, gscore.get_attention_scores, models["conv_poisson"], seq)
     with pytest.raises(AttributeError):
         bscore.get_attention_scores(models["conv_poisson"], seq)
+
+
+def test_cli_reads_a_real_grelu_checkpoint(workdir, tmp_path):
+    """``basewise ism -m model.ckpt --tasks NAME`` loads a real gReLU checkpoint (through
+    ``LightningModel.load_from_checkpoint``), selects the task by name and gives gReLU's numbers."""
+    import pytorch_lightning as pl
+
+    from basewise.cli import main as cli_main
+
+    lm = _lightning(CONV, POISSON, 11, gain=3.0)
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": lm.state_dict(), "hyper_parameters": dict(lm.hparams),
+                "pytorch-lightning_version": pl.__version__,
+                "data_params": {"tasks": {"name": ["first", "second"]}}, "performance": {}}, ckpt)
+    seqs = random_seqs(np.random.default_rng(11), 3)
+    fasta = tmp_path / "seqs.fa"
+    fasta.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs)))
+    out = tmp_path / "ism.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lightning's checkpoint-loading chatter
+        rc = cli_main(["ism", "-m", str(ckpt), "--fasta", str(fasta), "-o", str(out), "-q",
+                       "--tasks", "second", "--compare", "log2FC"])
+    assert rc == 0
+    with basewise.open_results(out) as r:
+        ours = r.scores[()]
+    theirs, _, _ = run_grelu(workdir, gscore.ISM_predict, seqs, lm, prediction_transform=Aggregate(tasks=[1]),
+                             compare_func="log2FC", return_df=False)
+    raw, _, _ = run_grelu(workdir, gscore.ISM_predict, seqs, lm, prediction_transform=Aggregate(tasks=[1]),
+                          return_df=False)
+    assert_compare_close(ours, theirs, raw, reference_of(raw, to_idx(seqs), 0), "log2FC")
