@@ -846,3 +846,18 @@ def test_cli_reads_a_real_grelu_checkpoint(workdir, tmp_path):
     raw, _, _ = run_grelu(workdir, gscore.ISM_predict, seqs, lm, prediction_transform=Aggregate(tasks=[1]),
                           return_df=False)
     assert_compare_close(ours, theirs, raw, reference_of(raw, to_idx(seqs), 0), "log2FC")
+
+
+@pytest.mark.parametrize("engine", ["auto", "incremental", "full"])
+def test_ism_conv_gru_model(workdir, engine):
+    """gReLU's ConvGRUModel: a conv tower, then a bidirectional GRU whose zero initial state is
+    built from the batch size (the incremental engine must rebuild it per mutant batch)."""
+    lm = _lightning({"model_type": "ConvGRUModel", "n_tasks": 2, "stem_channels": 8, "stem_kernel_size": 5,
+                     "n_conv": 1, "channel_init": 8, "n_gru": 1}, POISSON, 12, gain=2.0)
+    seqs = random_seqs(np.random.default_rng(12), 2)
+    agg = Aggregate(tasks=[1], length_aggfunc="mean")
+    theirs, _, _ = run_grelu(workdir, gscore.ISM_predict, seqs, lm, prediction_transform=agg, return_df=False)
+    ours, warns = run_basewise(bscore.ISM_predict, seqs, lm, prediction_transform=agg, return_df=False,
+                               engine=engine)
+    assert not warns, warns
+    assert_close_scaled(ours, theirs, what=f"ConvGRU {engine}")

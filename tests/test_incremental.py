@@ -586,3 +586,35 @@ def test_replaced_submodule_gets_a_new_plan():
         inc = basewise.ISM_predict(seq, model, return_df=False, engine="incremental")
         full = basewise.ISM_predict(seq, model, return_df=False, engine="full")
         assert float(np.abs(inc - full).max()) <= RTOL * float(np.abs(full).max()), trial
+
+
+class _ConvRNN(nn.Module):
+    """Conv trunk + bidirectional GRU/LSTM (zero initial state built from the batch size)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 5, padding=2)
+        rnn = nn.GRU if kind == "gru" else nn.LSTM
+        self.rnn = rnn(8, 6, num_layers=2, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).transpose(1, 2)  # (B, L, 8)
+        y, _ = self.rnn(h)
+        return self.fc(y).transpose(1, 2)  # (B, 3, L)
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_recurrent_tail_with_batch_sized_initial_state(kind):
+    """gReLU's ConvGRUModel pattern: the RNN's zero initial state has the batch size on axis 1,
+    so it must be rebuilt for every mutant batch, not taken from the reference pass."""
+    torch.manual_seed(5)
+    model = _ConvRNN(kind).eval()
+    ref = torch.randint(0, 5, (2, 31), dtype=torch.uint8)
+    plan = plan_ism(model, 31, use_cache=False)
+    assert plan.supported, plan.reason
+    muts = all_mutants(ref, [0, 1, 15, 29, 30])
+    for max_batch in (1, 7, 64):
+        y = IncrementalPredictor(plan, ref, max_batch=max_batch).predict(muts)
+        y_full = naive(model, None, ref, muts)
+        assert float((y - y_full).abs().max()) <= RTOL * float(y_full.abs().max()), max_batch

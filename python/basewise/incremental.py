@@ -83,6 +83,7 @@ import dataclasses
 import logging
 import math
 import threading
+import warnings
 import weakref
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -474,7 +475,10 @@ def _plan(model: torch.nn.Module, length: int, transform: Optional[Callable],
             for lg in loggers:
                 lg.setLevel(logging.ERROR)
             try:
-                with torch.no_grad():
+                # the capture is internal: torch.export's warnings about the user's model (e.g.
+                # "tensor attributes ... were assigned during export" for RNN modules) are noise
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
                     ep = torch.export.export(wrapped, (x,), dynamic_shapes=({0: Dim("batch")},),
                                              strict=False)
             finally:
@@ -1331,7 +1335,11 @@ class IncrementalPredictor:
                     mode[n] = "full" if mode[src] == "win" else "ref"
                 elif n.glinear == "flatten":
                     mode[n] = "skip" if mode[_local_inputs(n)[0]] == "win" else "ref"
-                elif all(d in ("ref", "sym") for d in dep):
+                elif all(d == "ref" for d in dep):
+                    # a node that also reads a batch-size symbol (e.g. an RNN's zero initial state
+                    # of shape (layers, batch, hidden)) is recomputed for each mutant batch below:
+                    # its cached reference value has the reference's batch size, and the batch
+                    # axis need not come first, so rows of it cannot be selected
                     mode[n] = "ref"
                 else:
                     mode[n] = "full"
