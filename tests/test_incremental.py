@@ -613,6 +613,12 @@ def test_recurrent_tail_with_batch_sized_initial_state(kind):
     ref = torch.randint(0, 5, (2, 31), dtype=torch.uint8)
     plan = plan_ism(model, 31, use_cache=False)
     assert plan.supported, plan.reason
+    # the recurrent layer's cost is counted (2 FLOPs per weight entry and step): 2 layers x 2
+    # directions, gates x (input + hidden) weights, 31 steps
+    gates = 3 if kind == "gru" else 4
+    rnn = [layer for layer in plan.layers if kind in layer.op]
+    expected = 2.0 * 31 * 2 * (gates * 6 * (8 + 6) + gates * 6 * (12 + 6))
+    assert len(rnn) == 1 and rnn[0].flops_full == pytest.approx(expected)
     muts = all_mutants(ref, [0, 1, 15, 29, 30])
     for max_batch in (1, 7, 64):
         y = IncrementalPredictor(plan, ref, max_batch=max_batch).predict(muts)

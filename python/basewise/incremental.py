@@ -1050,10 +1050,29 @@ def _local_input_demands(n: _Node) -> List[Tuple[_Node, Tuple[int, int]]]:
     return res
 
 
+_RNN_OPS = tuple(getattr(aten, name).input for name in ("gru", "lstm", "rnn_tanh", "rnn_relu")
+                 if hasattr(aten, name))
+
+
+def _rnn_flops_per_sample(fx: Any) -> float:
+    """Recurrent layers (aten.gru/lstm/rnn_*.input, args (input, hx, params, has_biases,
+    num_layers, dropout, train, bidirectional, batch_first)): 2 FLOPs per weight-matrix entry per
+    time step; their output is a tuple, so the generic rule below would count nothing."""
+    try:
+        x = fx.args[0].meta["val"]
+        steps = int(x.shape[1] if fx.args[-1] else x.shape[0])
+        weights = [w.meta["val"] for w in fx.args[2]]
+        return 2.0 * steps * float(sum(int(w.numel()) for w in weights if w.ndim == 2))
+    except Exception:  # noqa: BLE001 - an unexpected signature: cost unknown
+        return 0.0
+
+
 def _flops_per_sample(n: _Node) -> float:
     """FLOPs of the op on one sample at full length (2 per multiply-add)."""
     t = n.target
     fx = n.node
+    if t in _RNN_OPS:
+        return _rnn_flops_per_sample(fx)
     val = fx.meta.get("val")
     if not isinstance(val, torch.Tensor):
         return 0.0
