@@ -464,3 +464,18 @@ def test_auto_engine_on_large_jobs_matches_naive(seed, monkeypatch):
     assert_close_scaled(out, expected)
     plan = basewise.plan_ism(model, 40, cached_only=True)
     assert plan.supported  # the auto run captured and cached a plan
+
+
+@pytest.mark.parametrize("engine", ["full", "incremental", "auto"])
+def test_float64_model(engine):
+    """A float64 model runs in float64 (the native mutate op writes float32 one-hot, converted
+    exactly); the result is float32 as gReLU's, equal to a float64 naive ISM to float32 rounding."""
+    torch.manual_seed(8)
+    net = torch.nn.Sequential(torch.nn.Conv1d(4, 6, 5, padding=2), torch.nn.ReLU(),
+                              torch.nn.Conv1d(6, 2, 3, padding=1), torch.nn.AdaptiveAvgPool1d(1)).double().eval()
+    seqs = random_seqs(np.random.default_rng(8), 2, 33, n_frac=0.1)
+    out = basewise.ISM_predict(seqs, net, return_df=False, engine=engine, batch_size=7)
+    assert out.dtype == np.float32 and out.shape == (2, 33, 4, 2, 1)
+    want = naive_ism(net, basewise.to_onehot(seqs).double(), 0, 33)
+    assert np.abs(out.astype(np.float64) - want).max() <= 1e-6 * np.abs(want).max()
+    assert next(net.parameters()).dtype == torch.float64

@@ -82,7 +82,13 @@ class FullPredictor:
 
     def predict(self, mutants: torch.Tensor) -> torch.Tensor:
         """Predictions (M, T, L_out) of the mutants (M, 3) = (seq, pos, base) rows."""
-        return self.forward(ops.mutate(self.ref_idx, mutants, self.dtype))
+        if self.dtype in _MUTATE_DTYPES:
+            return self.forward(ops.mutate(self.ref_idx, mutants, self.dtype))
+        # float64 models: the native op writes float32; one-hot 0/1 converts exactly
+        return self.forward(ops.mutate(self.ref_idx, mutants, torch.float32).to(self.dtype))
+
+
+_MUTATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the native mutate op writes
 
 
 def _parse_devices(devices: Any) -> List[torch.device]:
