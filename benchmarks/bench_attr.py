@@ -70,6 +70,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 import models as bench_models  # noqa: E402
+from _timing import wait_quiet  # noqa: E402
 from _grelu_standins import StandInLightningModel  # noqa: E402
 
 from basewise.attribution import get_attributions  # noqa: E402
@@ -181,25 +182,6 @@ def summation_error(lm, x: torch.Tensor, attr: np.ndarray, n_shuffles: int, seed
             diffs.append((y[i] - lm(refs).reshape(n_shuffles)).mean())
     diffs = torch.stack(diffs).numpy()
     return float(np.abs(attr.sum(axis=(1, 2)) - diffs).max() / max(np.abs(diffs).max(), 1e-30))
-
-
-def _runnable() -> int:
-    """Processes running or runnable right now (Linux /proc/stat); -1 where unknown."""
-    try:
-        with open("/proc/stat") as fh:
-            for line in fh:
-                if line.startswith("procs_running"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return -1
-
-
-def wait_quiet(max_wait: float) -> None:
-    """On a shared machine: wait (at most ``max_wait`` s) until this is the only runnable process."""
-    t0 = time.perf_counter()
-    while max_wait > 0 and _runnable() > 1 and time.perf_counter() - t0 < max_wait:
-        time.sleep(0.2)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict:

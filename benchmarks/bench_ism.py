@@ -50,6 +50,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import models as bench_models  # noqa: E402
+from _timing import wait_quiet  # noqa: E402
 
 import basewise  # noqa: E402
 from basewise.incremental import plan_ism  # noqa: E402
@@ -213,19 +214,6 @@ def _grelu_method(model, transform, seq: str, length: int, batch_size: int) -> C
     return run
 
 
-def _wait_quiet(max_s: float) -> None:
-    """Wait (at most max_s seconds) until no other task is runnable for ~2 s (/proc/loadavg)."""
-    if max_s <= 0 or not os.path.exists("/proc/loadavg"):
-        return
-    t_end = time.monotonic() + max_s
-    quiet = 0
-    while time.monotonic() < t_end and quiet < 4:
-        with open("/proc/loadavg") as f:
-            running = int(f.read().split()[3].split("/")[0])
-        quiet = quiet + 1 if running <= 1 else 0  # 1 = this process reading the file
-        time.sleep(0.5)
-
-
 def _fmt(ts: List[float]) -> str:
     return f"{statistics.median(ts):.3f} [{min(ts):.3f}]"
 
@@ -266,7 +254,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         times: Dict[str, List[float]] = {k: [] for k in methods}
         for _ in range(args.repeats):
             for name, fn in methods.items():
-                _wait_quiet(args.wait_quiet)
+                wait_quiet(args.wait_quiet)
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)

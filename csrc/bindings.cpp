@@ -126,9 +126,10 @@ void fill_reference(int device, uintptr_t stream, uintptr_t out, uintptr_t ref_p
   BW_DISPATCH(fill_reference, a, device, stream);
 }
 
-void gather_windows(int device, uintptr_t stream, uintptr_t x, uintptr_t seq_idx,
-                    uintptr_t offset, uintptr_t out, int64_t B, int64_t C, int64_t Lx, int64_t M,
-                    int64_t W, int elem, int nthreads) {
+// Checks shared by gather_windows and splice_windows: sizes, element size, x (B, C, Lx) and the
+// per-window seq_idx/offset (M,).
+void check_window_inputs(uintptr_t x, uintptr_t seq_idx, uintptr_t offset, int64_t B,
+                         int64_t C, int64_t Lx, int64_t M, int64_t W, int elem) {
   for (auto [n, v] : {std::pair<const char*, int64_t>{"B", B}, {"C", C}, {"Lx", Lx}, {"M", M},
                       {"width", W}})
     check_nonneg(n, v);
@@ -136,6 +137,12 @@ void gather_windows(int device, uintptr_t stream, uintptr_t x, uintptr_t seq_idx
   check_ptr("x", x, checked_mul("x", checked_mul("x", B, C), Lx));
   check_ptr("seq_idx", seq_idx, M);
   check_ptr("offset", offset, M);
+}
+
+void gather_windows(int device, uintptr_t stream, uintptr_t x, uintptr_t seq_idx,
+                    uintptr_t offset, uintptr_t out, int64_t B, int64_t C, int64_t Lx, int64_t M,
+                    int64_t W, int elem, int nthreads) {
+  check_window_inputs(x, seq_idx, offset, B, C, Lx, M, W, elem);
   check_ptr("out", out, checked_mul("out", checked_mul("out", M, C), W));
   GatherArgs a{ptr<const void>(x), ptr<const int64_t>(seq_idx), ptr<const int64_t>(offset),
                ptr<void>(out), B, C, Lx, M, W, elem, clamp_threads(nthreads)};
@@ -145,13 +152,7 @@ void gather_windows(int device, uintptr_t stream, uintptr_t x, uintptr_t seq_idx
 void splice_windows(int device, uintptr_t stream, uintptr_t x, uintptr_t seq_idx,
                     uintptr_t offset, uintptr_t windows, uintptr_t out, int64_t B, int64_t C,
                     int64_t Lx, int64_t M, int64_t W, int elem, int nthreads) {
-  for (auto [n, v] : {std::pair<const char*, int64_t>{"B", B}, {"C", C}, {"Lx", Lx}, {"M", M},
-                      {"width", W}})
-    check_nonneg(n, v);
-  if (elem != 2 && elem != 4) fail("x", "must have 2- or 4-byte elements");
-  check_ptr("x", x, checked_mul("x", checked_mul("x", B, C), Lx));
-  check_ptr("seq_idx", seq_idx, M);
-  check_ptr("offset", offset, M);
+  check_window_inputs(x, seq_idx, offset, B, C, Lx, M, W, elem);
   check_ptr("windows", windows, checked_mul("windows", checked_mul("windows", M, C), W));
   check_ptr("out", out, checked_mul("out", checked_mul("out", M, C), Lx));
   SpliceArgs a{ptr<const void>(x),       ptr<const int64_t>(seq_idx), ptr<const int64_t>(offset),

@@ -133,6 +133,19 @@ BW_HD uint16_t f32_to_f16(float f) {
   return static_cast<uint16_t>(sign | (m >> 13));
 }
 
+// The saturation-mutagenesis rows (b, pos, base) of one position, in gReLU's base order A, C, G,
+// T, skipping the reference base rb (all four where rb is N). Returns the pointer past the rows.
+BW_HD int64_t* write_substitutions(int64_t* o, int64_t b, int64_t pos, uint8_t rb) {
+  for (int64_t base = 0; base < 4; ++base) {
+    if (base == rb) continue;
+    o[0] = b;
+    o[1] = pos;
+    o[2] = base;
+    o += 3;
+  }
+  return o;
+}
+
 // log2 of a float32, correctly rounded except in astronomically rare near-ties: the mantissa's
 // logarithm is evaluated in double precision (atanh series, relative error < 1e-15) and rounded
 // once to float. Branch-free, so the CPU loop vectorises, and the same code runs on CUDA, so CPU

@@ -38,16 +38,7 @@ void enumerate_cpu(const EnumerateArgs& a) {
   for (int64_t b = 0; b < a.B; ++b) {
     const uint8_t* r = a.ref + b * a.L;
     int64_t* o = a.out + 3 * first[b];
-    for (int64_t pos = a.start; pos < a.end; ++pos) {
-      const uint8_t rb = r[pos];
-      for (int64_t base = 0; base < 4; ++base) {
-        if (base == rb) continue;
-        o[0] = b;
-        o[1] = pos;
-        o[2] = base;
-        o += 3;
-      }
-    }
+    for (int64_t pos = a.start; pos < a.end; ++pos) o = write_substitutions(o, b, pos, r[pos]);
   }
 }
 

@@ -8,15 +8,7 @@ __global__ void enumerate_kernel(EnumerateArgs a) {
   const int64_t P = a.end - a.start;
   BW_GRID_STRIDE(i, a.B * P) {
     const int64_t b = i / P, pos = a.start + i % P;
-    const uint8_t rb = a.ref[b * a.L + pos];
-    int64_t* o = a.out + 3 * a.row_offsets[i];
-    for (int64_t base = 0; base < 4; ++base) {
-      if (base == rb) continue;
-      o[0] = b;
-      o[1] = pos;
-      o[2] = base;
-      o += 3;
-    }
+    write_substitutions(a.out + 3 * a.row_offsets[i], b, pos, a.ref[b * a.L + pos]);
   }
 }
 

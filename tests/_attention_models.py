@@ -3,8 +3,9 @@
 * :class:`ConvTransformerModel` follows the structure of gReLU's ``ConvTransformerModel`` that
   ``get_attention_scores`` relies on (``model.embedding.conv_tower``,
   ``model.embedding.transformer_tower.blocks``, each block with ``norm``, ``mha`` and a residual
-  feed-forward), and :class:`LightningLike` wraps it like gReLU's ``LightningModel``
-  (``.model``, ``.activation``, ``.transform``, ``add_transform``, ``reset_transform``). The
+  feed-forward); tests wrap it in ``_grelu_standins.StandInLightningModel`` like gReLU's
+  ``LightningModel`` (``.model``, ``.activation``, ``.transform``, ``add_transform``,
+  ``reset_transform``). The
   attention maths is written from the behaviour spec (grelu-score-behaviour.md, section 4.2):
   relative-position features with central-mask widths, content and position biases, Enformer's
   relative shift (pad-and-reshape), softmax over keys. gReLU itself is never imported.
@@ -197,32 +198,6 @@ class ConvTransformerModel(nn.Module):
     def forward(self, x):
         return self.head(self.embedding(x))
 
-
-class LightningLike(nn.Module):
-    """Minimal gReLU ``LightningModel`` stand-in: forward = transform(activation(model(x)))."""
-
-    def __init__(self, model: nn.Module, activation=torch.exp):
-        super().__init__()
-        self.model = model
-        self.activation = activation
-        self.transform = nn.Identity()
-
-    def add_transform(self, t):
-        if t is not None:
-            self.transform = t
-
-    def reset_transform(self):
-        self.transform = nn.Identity()
-
-    def forward(self, x, logits: bool = False):
-        if isinstance(x, tuple):
-            x = x[0]
-        if x.ndim == 2:
-            x = x[None]
-        y = self.model(x)
-        if not logits:
-            y = self.activation(y)
-        return self.transform(y)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from basewise.attention import (
 from _attention_models import (  # noqa: E402  (tests/ is on sys.path)
     ConvTransformerModel,
     KdimModel,
-    LightningLike,
     NoAttentionModel,
     SDPAModel,
     TorchEncoderModel,
@@ -36,6 +35,7 @@ from _attention_models import (  # noqa: E402  (tests/ is on sys.path)
     central_mask_features,
     shift_relative,
 )
+from _grelu_standins import StandInLightningModel  # noqa: E402
 
 ATOL = 2e-6
 BASES = "ACGT"
@@ -123,7 +123,7 @@ def grelu_model(seed=0, **kw):
     cfg = dict(n_tasks=1, n_conv=0, n_transformers=2, stem_channels=8, stem_kernel_size=1, n_heads=2,
                n_pos_features=4)
     cfg.update(kw)
-    return LightningLike(ConvTransformerModel(**cfg)).eval()
+    return StandInLightningModel(ConvTransformerModel(**cfg), activation="exp").eval()
 
 
 def test_standin_attention_follows_spec_maths():
@@ -752,7 +752,7 @@ def test_early_stop_skips_later_blocks_and_head():
 def test_global_state_restored_also_on_error():
     class Failing(SDPAModel):
         def forward(self, x):
-            h = self.blocks[0](self.stem(x).transpose(1, 2))
+            self.blocks[0](self.stem(x).transpose(1, 2))
             raise KeyError("boom")  # after the patched kernel was used, before the 2nd block
 
     torch.manual_seed(15)

@@ -28,6 +28,7 @@ from basewise.incremental import (INCREMENTAL_MIN_RATIO, IncrementalPredictor, I
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import models as bench_models  # noqa: E402
+from _grelu_standins import StandInLightningModel  # noqa: E402  (tests/ is on sys.path)
 
 RTOL = 1e-5
 
@@ -343,28 +344,12 @@ def test_op_without_rule_is_global_and_exact():
 
 
 def test_lightning_like_model_with_activation_and_transform():
-    class Lightning(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = nn.Sequential(nn.Conv1d(4, 8, 7, padding=3), nn.ReLU(), nn.Conv1d(8, 3, 5, padding=2))
-            self.activation = torch.exp
-            self.transform = nn.Identity()
-
-        def add_transform(self, t):
-            if t is not None:
-                self.transform = t
-
-        def reset_transform(self):
-            self.transform = nn.Identity()
-
-        def forward(self, x):
-            return self.transform(self.activation(self.model(x)))
-
     class SumBins(nn.Module):
         def forward(self, y):
             return y[:, :2, 10:30].sum(dim=-1, keepdim=True)
 
-    m = Lightning().eval()
+    net = nn.Sequential(nn.Conv1d(4, 8, 7, padding=3), nn.ReLU(), nn.Conv1d(8, 3, 5, padding=2))
+    m = StandInLightningModel(net, activation="exp").eval()
     m.add_transform(SumBins())
     plan = check_exact(m, 60, b=2)
     assert plan.supported and plan.predicted_flop_ratio > 1

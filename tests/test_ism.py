@@ -5,7 +5,6 @@ Tolerance: float32 paths must match the naive reference (every mutant predicted 
 1e-5 of the output scale (max |reference|), the same bound as the incremental engine.
 """
 
-import os
 import warnings
 
 import numpy as np

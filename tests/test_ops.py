@@ -64,7 +64,7 @@ def ref_mutate_window(ref, mutants, offset, width, dtype):
 
 
 def ref_gather(x: torch.Tensor, seq_idx: torch.Tensor, offset: torch.Tensor, width: int) -> torch.Tensor:
-    M, (B, C, Lx) = len(seq_idx), x.shape
+    M, (_, C, Lx) = len(seq_idx), x.shape
     cols = offset.view(M, 1) + torch.arange(width, device=x.device)  # (M, W)
     inside = (cols >= 0) & (cols < Lx)
     g = x[seq_idx.view(M, 1), :, cols.clamp(0, max(Lx - 1, 0))] if Lx else x.new_zeros(M, width, C)

@@ -1,7 +1,6 @@
 """Tests of the resumable HDF5 results file (basewise.results)."""
 
 import json
-import os
 import subprocess
 import sys
 import textwrap

@@ -133,12 +133,13 @@ def make_forward(model: Any, prediction_transform: Optional[Callable] = None) ->
         prediction_transform: callable applied to plain modules' outputs. Default None.
 
     Returns:
-        A callable mapping (B, 4, L) one-hot to (B, T, L_out).
+        A callable mapping (B, 4, L) one-hot (plus any extra positional arguments, passed on to
+        the model: captum's ``additional_forward_args``) to (B, T, L_out).
     """
     if is_lightning_like(model) or prediction_transform is None:
-        return lambda x: _as_3d(model(x))
+        return lambda x, *args: _as_3d(model(x, *args))
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return _as_3d(prediction_transform(model(x)))
+    def forward(x: torch.Tensor, *args: Any) -> torch.Tensor:
+        return _as_3d(prediction_transform(model(x, *args)))
 
     return forward

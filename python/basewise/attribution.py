@@ -62,7 +62,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._model import _as_3d, is_lightning_like, model_dtype, preserved_model_state
+from ._model import _as_3d, is_lightning_like, make_forward, model_dtype, preserved_model_state
 from .sequence import to_onehot
 
 __all__ = ["get_attributions", "METHODS", "deepshap_rules", "default_batch_size",
@@ -220,20 +220,6 @@ def _is_enformer(network: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- captum methods
-def _model_forward(model: Any, prediction_transform: Optional[Callable]) -> Callable:
-    """(B, 4, L) -> (B, T, L_out): a LightningModel-like object's own forward (its transform
-    already attached), or ``prediction_transform(model(x))`` for a plain model."""
-    transform = None if is_lightning_like(model) else prediction_transform
-
-    def forward(x: torch.Tensor, *args) -> torch.Tensor:
-        y = model(x, *args)
-        if transform is not None:
-            y = transform(y)
-        return _as_3d(y)
-
-    return forward
-
-
 def _squeezed_forward(forward: Callable, target: Any) -> Callable:
     """The function captum explains: ``forward`` with gReLU's trailing length-1 axis dropped.
 
@@ -694,7 +680,7 @@ def get_attributions(
             if method == "integratedgradients" and options.get("internal_batch_size") is None:
                 options["internal_batch_size"] = default_internal_batch_size(
                     x.shape[-1], dev, batch_size, options.get("n_steps", 50))
-            forward = _model_forward(model, prediction_transform)
+            forward = make_forward(model, prediction_transform)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_CAPTUM_WARNING, category=UserWarning)
                 attr = _captum_attributions(method, forward, x, dev, dtype, batch_size, target,

@@ -96,7 +96,7 @@ try:  # native window ops (C++/CUDA); plain PyTorch fallbacks below serve as ref
 except Exception:  # pragma: no cover - the native module is part of the package build
     _ops = None
 
-from ._model import is_lightning_like, make_forward, model_device, model_dtype, preserved_model_state
+from ._model import is_lightning_like, model_device, model_dtype, preserved_model_state
 
 __all__ = ["plan_ism", "ism_plan_report", "IsmPlan", "LayerInfo", "IncrementalPredictor",
            "INCREMENTAL_MIN_RATIO"]
@@ -572,7 +572,6 @@ def _build_graph(ep: Any, wrapped: torch.nn.Module, length: int) -> _Graph:
 
 
 def _conv_geometry(n: _Node, b: Dict[str, Any], lin: int) -> Optional[Dict[str, int]]:
-    w = n.inputs[1] if len(n.inputs) > 1 else None
     k = int(b["weight"].meta["val"].shape[-1])
     s = _one(b["stride"])
     d = _one(b["dilation"])
@@ -877,11 +876,11 @@ def _classify(n: _Node, L: int) -> None:
         nd = len(x.shape)
         # pads apply from the last dim backwards
         lpos = nd - 1 - x.ldim
-        pl = pr = 0
+        pl = 0
         other = []
         for j in range(len(pads) // 2):
             if j == lpos:
-                pl, pr = int(pads[2 * j]), int(pads[2 * j + 1])
+                pl = int(pads[2 * j])
                 other += [0, 0]
             else:
                 other += [int(pads[2 * j]), int(pads[2 * j + 1])]
@@ -1338,7 +1337,6 @@ class IncrementalPredictor:
         g = self.g
         dev = self.device
         L = self.L
-        P = np.arange(L, dtype=np.int64)
         mode: Dict[_Node, str] = {}
         for n in g.nodes:
             if n.kind == _CONST:
@@ -1564,7 +1562,6 @@ class IncrementalPredictor:
         g = self.g
         env: Dict[Any, Any] = dict(self._const)
         env[g.input.node] = x
-        order = {n: j for j, n in enumerate(g.nodes)}
         keep = keep or set()
         for j, n in enumerate(g.nodes):
             fx = n.node

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import sys
 import threading
 import warnings
@@ -34,7 +33,7 @@ import pandas as pd
 import torch
 
 from . import ops
-from ._model import is_lightning_like, make_forward, model_device, model_dtype, preserved_model_state
+from ._model import is_lightning_like, make_forward, model_dtype, preserved_model_state
 from .sequence import indices_to_strings, to_indices
 
 __all__ = ["ISM_predict", "FullPredictor", "COMPARE_FUNCS"]
@@ -294,7 +293,6 @@ def ISM_predict(
     if n_seqs == 0:
         raise ValueError("seqs: no sequences were given")
     start, end = _check_positions(start_pos, end_pos, length)
-    n_pos = end - start
 
     with preserved_model_state(model):
         if is_lightning_like(model) and prediction_transform is not None:

@@ -762,6 +762,23 @@ def _meta_windows_x(x: Tensor, seq_idx: Tensor, offset: Tensor) -> int:
     return M
 
 
+def _prep_windows(x: Tensor, seq_idx: Tensor, offset: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Public-wrapper preparation shared by the window ops: x checked, indices as int64 on x's device."""
+    x = _check_float("x", x, tuple(FLOAT_DTYPES))
+    _check_supported_device("x", x)
+    seq_idx = _prep_idx("seq_idx", seq_idx, (None,), x.device)
+    offset = _prep_idx("offset", offset, (seq_idx.shape[0],), x.device)
+    return x, seq_idx, offset
+
+
+def _check_seq_idx_range(x: Tensor, seq_idx: Tensor, check: bool) -> None:
+    """Window ops: every seq_idx in [0, B) (skipped with check=False; one sync on CUDA)."""
+    if check and not _skip_value_checks():
+        B = x.shape[0]
+        _raise_first([("seq_idx", f"holds an index outside [0, {B})",
+                       _any((seq_idx < 0) | (seq_idx >= B)))])
+
+
 @torch.library.custom_op("basewise::gather_windows", mutates_args=())
 def _gather_windows_op(x: Tensor, seq_idx: Tensor, offset: Tensor, width: int) -> Tensor:
     M = _meta_windows_x(x, seq_idx, offset)
@@ -812,16 +829,10 @@ def gather_windows(x: Tensor, seq_idx: Tensor, offset: Tensor, width: int, *,
         >>> gather_windows(x, torch.tensor([0]), torch.tensor([2]), 2)[0].tolist()
         [[2.0, 0.0], [5.0, 0.0]]
     """
-    x = _check_float("x", x, tuple(FLOAT_DTYPES))
-    _check_supported_device("x", x)
-    seq_idx = _prep_idx("seq_idx", seq_idx, (None,), x.device)
-    offset = _prep_idx("offset", offset, (seq_idx.shape[0],), x.device)
+    x, seq_idx, offset = _prep_windows(x, seq_idx, offset)
     width = _check_int("width", width, minimum=0)
     _meta_windows_x(x, seq_idx, offset)
-    if check and not _skip_value_checks():
-        B = x.shape[0]
-        _raise_first([("seq_idx", f"holds an index outside [0, {B})",
-                       _any((seq_idx < 0) | (seq_idx >= B)))])
+    _check_seq_idx_range(x, seq_idx, check)
     return torch.ops.basewise.gather_windows(x, seq_idx, offset, width)
 
 
@@ -882,15 +893,9 @@ def splice_windows(x: Tensor, seq_idx: Tensor, offset: Tensor, windows: Tensor, 
         >>> splice_windows(x, torch.tensor([0]), torch.tensor([-1]), torch.ones(1, 1, 2))[0].tolist()
         [[1.0, 0.0, 0.0, 0.0]]
     """
-    x = _check_float("x", x, tuple(FLOAT_DTYPES))
-    _check_supported_device("x", x)
-    seq_idx = _prep_idx("seq_idx", seq_idx, (None,), x.device)
-    offset = _prep_idx("offset", offset, (seq_idx.shape[0],), x.device)
+    x, seq_idx, offset = _prep_windows(x, seq_idx, offset)
     _meta_splice(x, seq_idx, offset, windows)
-    if check and not _skip_value_checks():
-        B = x.shape[0]
-        _raise_first([("seq_idx", f"holds an index outside [0, {B})",
-                       _any((seq_idx < 0) | (seq_idx >= B)))])
+    _check_seq_idx_range(x, seq_idx, check)
     return torch.ops.basewise.splice_windows(x, seq_idx, offset, windows)
 
 
