@@ -96,7 +96,8 @@ try:  # native window ops (C++/CUDA); plain PyTorch fallbacks below serve as ref
 except Exception:  # pragma: no cover - the native module is part of the package build
     _ops = None
 
-from ._model import is_lightning_like, model_device, model_dtype, preserved_model_state
+from ._model import (is_lightning_like, model_device, model_dtype, plain_attributes, preserved_model_state,
+                     tensor_digest)
 
 __all__ = ["plan_ism", "ism_plan_report", "IsmPlan", "LayerInfo", "IncrementalPredictor",
            "INCREMENTAL_MIN_RATIO"]
@@ -233,6 +234,8 @@ class IsmPlan:
         self.length = length
         self.layers: List[LayerInfo] = []
         self.predicted_flop_ratio = 1.0
+        #: (L,) bool: whether a substitution at each position can change the output at all
+        self.reach: Optional[np.ndarray] = None
         self.flops_full = 0.0
         self.flops_incremental = 0.0
         self._graph: Optional[_Graph] = None
@@ -357,7 +360,19 @@ def _fingerprint(model: torch.nn.Module, transform: Any) -> Tuple[Tuple, Tuple]:
     params = tuple((n, tuple(p.shape), p.dtype, str(p.device)) for n, p in model.named_parameters())
     bufs = tuple((n, tuple(b.shape), b.dtype) for n, b in model.named_buffers())
     tr = getattr(model, "transform", None)
-    key = (mods, params, bufs, id(transform), id(tr), type(tr).__qualname__ if tr is not None else None)
+    # the captured program specialises on plain attributes read by forward (a scale, a flag);
+    # weight *values* are read live by the predictor, and the tensors derived from them are keyed
+    # on a content digest (IncrementalPredictor._weights_key)
+    attrs = plain_attributes(model)
+    if isinstance(transform, torch.nn.Module):
+        attrs += plain_attributes(transform)
+    # plain tensor attributes (not parameters or buffers) are captured as constants of the program
+    consts = [v for m in model.modules() for k, v in vars(m).items()
+              if isinstance(v, torch.Tensor) and not k.startswith("_")]
+    if consts:
+        attrs += (tensor_digest(consts),)
+    key = (mods, params, bufs, id(transform), id(tr), type(tr).__qualname__ if tr is not None else None,
+           attrs)
     pins = (tuple(m for n, m in named if m is not model), transform, tr)
     return key, pins
 
@@ -696,12 +711,29 @@ def _analyse(g: _Graph, length: int) -> IsmPlan:
 
     plan = IsmPlan(True, "", L)
     plan._graph = g
+    plan.reach = _reach(g, out_set, L)
     _costs(g, plan)
     if not any(n.kind == _LOCAL and n.width > 0 and n is not inp for n in g.nodes) and \
             not any(n.glinear for n in g.nodes):
         plan.supported = False
         plan.reason = "no operation of the model is local along the sequence (nothing to save)"
     return plan
+
+
+def _reach(g: _Graph, out_set: set, L: int) -> np.ndarray:
+    """(L,) bool: whether a substitution at p can change the output at all.
+
+    It can when the changed hull of a local tensor read by a global operation, or of a local
+    output, is non-empty. Elsewhere (positions cropped away, skipped by a stride or a pool
+    window) the mutant's prediction is the reference's, exactly: the predictor returns that
+    instead of recomputing windows that would only add rounding noise."""
+    reach = np.zeros(L, dtype=bool)
+    for n in g.nodes:
+        srcs = [n] if (n.kind == _LOCAL and n in out_set) else (
+            [i for i in n.inputs if i.kind == _LOCAL] if n.kind == _GLOBAL else [])
+        for i in srcs:
+            reach |= i.hi > i.lo
+    return reach
 
 
 def _flatten_outputs(o: Any) -> List[Any]:
@@ -1276,23 +1308,23 @@ class IncrementalPredictor:
                     setattr(self, k, v)
         per_mut = max(1, self._bytes_per_mutant)
         self.max_batch = int(max_batch) if max_batch else int(max(16, min(4096, (128 << 20) // per_mut)))
+        reach = plan.reach if plan.reach is not None else np.ones(self.L, dtype=bool)
+        self._reach_all = bool(reach.all())
+        self._reach = torch.as_tensor(reach, device=self.device)
+        self._ref_out: Optional[torch.Tensor] = None  # reference predictions, once computed
         self._row_of = torch.full((self.B,), -1, dtype=torch.long, device=self.device)
         self._cache: Dict[Any, torch.Tensor] = {}
         self._cached_seqs: Optional[torch.Tensor] = None
 
     # ---------------------------------------------------------------- setup
     def _weights_key(self) -> Tuple:
-        """Identity and version of the weights that derived tensors (delta, dense) are built from."""
-        key = []
-        for n in self.g.nodes:
-            if n.kind == _LOCAL and n.rule == "delta" or n.glinear == "fc":
-                w = self._const[n.inputs[1].node]
-                try:
-                    ver = w._version
-                except Exception:  # noqa: BLE001 - inference tensors have no version counter
-                    ver = None
-                key.append((w.data_ptr(), tuple(w.shape), ver))
-        return tuple(key)
+        """Content digest of the weights that derived tensors (delta, dense) are built from.
+
+        Version counters miss ``.data`` writes and writes through numpy views, so the key is a
+        digest of the values themselves (plus the storage address, cheap and exact for swaps)."""
+        ws = [self._const[n.inputs[1].node] for n in self.g.nodes
+              if (n.kind == _LOCAL and n.rule == "delta") or n.glinear == "fc"]
+        return tuple(w.data_ptr() for w in ws) + (tensor_digest(ws),)
 
     def _bind(self) -> None:
         g = self.g
@@ -1411,6 +1443,8 @@ class IncrementalPredictor:
             if n.kind == _LOCAL and m == "win":
                 self._off[n.name] = torch.as_tensor(n.off, device=dev)
                 bytes_per += int(np.prod([abs(s) for s in n.shape[1:]]) // max(1, n.length)) * n.width * itemsize
+            if m == "win" and n.rule == "input":
+                self._x.setdefault(n.name, {})["_all_hit"] = bool(np.all(n.off == np.arange(L)))
             if m == "win" and n.rule not in ("input", "delta"):
                 if n.rule in ("conv", "pool"):
                     p = n.params
@@ -1591,17 +1625,27 @@ class IncrementalPredictor:
         When all B sequences fit the cache budget, the activations the mutants need are kept
         from this pass, so the first :meth:`predict` does not run the reference again.
         """
-        outs = []
-        with torch.no_grad():
-            if self.B * self._ref_bytes_per_seq <= self.cache_bytes:
-                block = torch.arange(self.B, device=self.device)
-                env = self._fill_cache(block, keep_outputs=True)
-                return self._outputs(env)
-            chunk = max(1, min(self.B, (256 << 20) // max(1, self._ref_bytes_per_seq * 4)))
-            for s in range(0, self.B, chunk):
-                env = self._run_graph(self._onehot(self.ref_idx[s:s + chunk]))
-                outs.append(self._outputs(env))
-        return torch.cat(outs)
+        if self._ref_out is None:
+            outs = []
+            with torch.no_grad():
+                if self.B * self._ref_bytes_per_seq <= self.cache_bytes:
+                    block = torch.arange(self.B, device=self.device)
+                    env = self._fill_cache(block, keep_outputs=True)
+                    outs.append(self._outputs(env))
+                else:
+                    chunk = max(1, min(self.B, (256 << 20) // max(1, self._ref_bytes_per_seq * 4)))
+                    for s in range(0, self.B, chunk):
+                        env = self._run_graph(self._onehot(self.ref_idx[s:s + chunk]))
+                        outs.append(self._outputs(env))
+            self._ref_out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        return self._ref_out
+
+    def reaches(self, positions: torch.Tensor) -> torch.Tensor:
+        """Whether substitutions at ``positions`` can change the output at all (bool, same shape).
+
+        Where not (positions the model never reads), :meth:`predict` returns the reference
+        prediction exactly."""
+        return self._reach[positions.to(device=self.device, dtype=torch.long)]
 
     def _ensure_cache(self, seqs: torch.Tensor) -> None:
         need = torch.unique(seqs)
@@ -1768,7 +1812,13 @@ class IncrementalPredictor:
         ex = self._x.get(n.name, {})  # this predictor's device tensors for n
         pos = ctx["pos"]
         if rule == "input":
+            # the window is the column at off[p]; where a substitution at p is not read by the
+            # model (cropped away, skipped by a stride), off[p] != p and the column holds the
+            # reference base there, so the mutant's prediction is exactly the reference's
             b = ctx["base"]
+            if not ex["_all_hit"]:
+                off = self._off[n.name][pos]
+                b = torch.where(off == pos, b, self.ref_idx[ctx["seq"], off])
             oh = torch.zeros(ctx["M"], 5, 1, dtype=self.dtype, device=self.device)
             oh.scatter_(1, b[:, None, None], 1.0)
             return oh[:, :4]
@@ -1947,6 +1997,14 @@ class IncrementalPredictor:
         if not isinstance(mutants, torch.Tensor) or mutants.ndim != 2 or mutants.shape[1] != 3:
             raise ValueError("mutants: expected an (M, 3) integer tensor of (sequence, position, base)")
         mutants = mutants.to(device=self.device, dtype=torch.long)
+        if not self._reach_all and mutants.shape[0]:
+            hit = self._reach[mutants[:, 1]]
+            if not bool(hit.all()):
+                out = self.reference().index_select(0, mutants[:, 0]).clone()
+                if bool(hit.any()):
+                    sel = hit.nonzero().squeeze(1)
+                    out[sel] = self.predict(mutants[sel])
+                return out
         outs = []
         with torch.no_grad():
             for s in range(0, mutants.shape[0], self.max_batch):
