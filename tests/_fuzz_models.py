@@ -37,6 +37,13 @@ class Crop(nn.Module):
         return f"a={self.a}, b={self.b}, step={self.step}"
 
 
+class RevComp(nn.Module):
+    """Average of the forward and reverse-complement strands' features (flip along length)."""
+
+    def forward(self, x):
+        return 0.5 * (x + x.flip(1, 2))
+
+
 class Residual(nn.Module):
     def __init__(self, body: nn.Module):
         super().__init__()
@@ -142,7 +149,7 @@ def _pool_out(length: int, k: int, s: int, p: int, ceil: bool) -> int:
 def _layer(r: random.Random, c: int, length: int, depth: int) -> Tuple[nn.Module, int, int]:
     """One random layer for a (B, c, length) input: (module, out channels, out length)."""
     kinds = ["conv", "conv", "conv", "pool", "crop", "act", "norm", "residual", "concat",
-             "upsample", "tconv", "pad", "dropout", "viewpool", "attention"]
+             "upsample", "tconv", "pad", "dropout", "viewpool", "attention", "revcomp"]
     for _ in range(50):
         kind = r.choice(kinds)
         if kind == "conv":
@@ -217,6 +224,8 @@ def _layer(r: random.Random, c: int, length: int, depth: int) -> Tuple[nn.Module
             if length // p < 4:
                 continue
             return ViewPool(p, r.choice(["max", "mean"])), c, length // p
+        if kind == "revcomp":
+            return RevComp(), c, length
         if kind == "attention" and c % 2 == 0 and length <= 150:
             return Attention(c, r.choice([1, 2])), c, length
     return nn.Identity(), c, length

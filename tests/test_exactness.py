@@ -116,3 +116,108 @@ def test_fuzz_random_architectures(seed):
         warnings.simplefilter("error", RuntimeWarning)
         auto = basewise.ISM_predict(seqs, m, engine="auto", return_df=False)
     assert_same_ism(auto, full, f"seed {seed} auto")
+
+
+# ----------------------------------------------------------------------------- the safety net
+
+
+def test_check_positions_cover_rule_changes():
+    torch.manual_seed(0)
+    plan = plan_ism(CenterCrop().eval(), 301)
+    pos = plan.check_positions()
+    assert {0, 300} <= set(pos) and ({9, 10} & set(pos)) and ({290, 291} & set(pos))
+    assert len(pos) <= 8
+    assert all(100 <= p < 120 for p in plan.check_positions(100, 120))
+
+
+@pytest.mark.parametrize("bad_pos,bad_base", [(9, None), (291, 1)])
+def test_safety_net_catches_a_wrong_rule(monkeypatch, bad_pos, bad_base):
+    """A rule wrong at one crop boundary only (and, in the second case, for one alternative base
+    only) is caught by 'auto': warning, and the call's numbers are full recompute's."""
+    from basewise.incremental import IncrementalPredictor
+
+    torch.manual_seed(1)
+    m = CenterCrop().eval()
+    seq = _rand_seq(301, 1)
+    full = basewise.ISM_predict(seq, m, engine="full", return_df=False)
+    plan_ism(m, 301)  # cached: 'auto' uses it without estimating the cost of a capture
+    orig = IncrementalPredictor.predict
+
+    def wrong(self, mutants):
+        y = orig(self, mutants)
+        hit = mutants[:, 1] == bad_pos
+        if bad_base is not None:
+            hit &= mutants[:, 2] == bad_base
+        y[hit] += 1e-3 * y.abs().max()
+        return y
+
+    monkeypatch.setattr(IncrementalPredictor, "predict", wrong)
+    with pytest.warns(RuntimeWarning, match="disagreed with full recompute"):
+        auto = basewise.ISM_predict(seq, m, return_df=False)
+    assert_same_ism(auto, full, "auto after the safety net")
+
+
+# ----------------------------------------------------------------------------- 2. model changes
+
+
+class Tailed(nn.Module):
+    """First conv (weight deltas), a flatten + dense tail (derived weights), a scale and a
+    reverse-complement flag read by forward."""
+
+    def __init__(self, length: int):
+        super().__init__()
+        self.c1 = nn.Conv1d(4, 8, 7, padding=3)
+        self.bn = nn.BatchNorm1d(8)
+        self.c2 = nn.Conv1d(8, 8, 5, padding=2)
+        self.fc = nn.Linear(8 * length, 3)
+        self.scale = 1.0
+        self.rc = False
+
+    def forward(self, x):
+        if self.rc:
+            x = x.flip(1, 2)
+        y = self.c2(F.relu(self.bn(self.c1(x)))) * self.scale
+        return self.fc(F.relu(y).flatten(1))
+
+
+def _change(m: Tailed, how: str) -> None:
+    with torch.no_grad():
+        if how == "load_state_dict":
+            sd = {k: (v * -2 if k.endswith(("weight", "bias")) and not k.startswith("bn") else v)
+                  for k, v in m.state_dict().items()}
+            m.load_state_dict(sd)
+        elif how == "data":
+            m.fc.weight.data = m.fc.weight.data * -2
+            m.c1.weight.data[:] = m.c1.weight.data * 0.5
+        elif how == "numpy":
+            m.fc.weight.detach().numpy()[:] *= -2
+            m.c1.weight.detach().numpy()[:] *= 3
+        elif how == "copy_":
+            m.fc.weight.copy_(torch.randn_like(m.fc.weight))
+            m.c1.weight.copy_(torch.randn_like(m.c1.weight))
+        elif how == "scale":
+            m.scale = -3.0
+        elif how == "flag":
+            m.rc = True
+        elif how == "train_eval":
+            m.bn.running_mean.uniform_(-1, 1)
+            m.train()
+            m(torch.randn(4, 4, 64))  # updates the running statistics in training mode
+            m.eval()
+
+
+@pytest.mark.parametrize("how", ["load_state_dict", "data", "numpy", "copy_", "scale", "flag", "train_eval"])
+def test_model_changed_between_calls(how):
+    torch.manual_seed(2)
+    m = Tailed(64).eval()
+    seqs = random_seqs(64, 2, 5)
+    before = basewise.ISM_predict(seqs, m, engine="incremental", return_df=False)
+    _change(m, how)
+    full = basewise.ISM_predict(seqs, m, engine="full", return_df=False)
+    assert np.abs(full - before).max() > 1e-3 * np.abs(full).max()  # the change matters
+    inc = basewise.ISM_predict(seqs, m, engine="incremental", return_df=False)
+    assert_same_ism(inc, full, how)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        auto = basewise.ISM_predict(seqs, m, return_df=False)
+    assert_same_ism(auto, full, how + " auto")

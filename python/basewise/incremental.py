@@ -243,6 +243,53 @@ class IsmPlan:
         self.dtype: Optional[torch.dtype] = None
         self._static: Dict[Any, Dict[str, Any]] = {}
 
+    def check_positions(self, start: int = 0, end: Optional[int] = None, limit: int = 8) -> List[int]:
+        """Positions in [start, end) where the plan's rules change: the safety net's spot checks.
+
+        A wrong window rule shows first where a rule changes from one position to the next: the
+        sequence edges (windows shifted inward), where a substitution stops being read (crops,
+        stride remainders, pool gaps), and where a window offset stops following the position
+        (clipping at a demanded region's bounds). Candidates are ranked edges first, then such
+        transitions spread over the range, then the middle; at most ``limit`` are returned.
+
+        Example:
+            >>> net = torch.nn.Sequential(torch.nn.Conv1d(4, 4, 5, padding=2), torch.nn.ReLU(),
+            ...                           torch.nn.Conv1d(4, 1, 5)).eval()
+            >>> plan_ism(net, 40).check_positions()[:2]
+            [0, 39]
+        """
+        end = self.length if end is None else end
+        if end <= start:
+            return []
+        cand: List[int] = [start, end - 1]
+        trans: List[int] = []
+        g = self._graph
+        if g is not None:
+            def edges(flag: np.ndarray) -> None:
+                for t in np.nonzero(flag[1:] != flag[:-1])[0]:
+                    trans.extend((int(t), int(t) + 1))
+            if self.reach is not None:
+                edges(self.reach)
+            for n in g.nodes:
+                if n.kind != _LOCAL or n.lo is None:
+                    continue
+                lo = np.maximum(n.lo, n.dlo)
+                hi = np.minimum(n.hi, n.dhi)
+                valid = hi > lo
+                edges(valid)
+                if n.off is not None and n.width:
+                    edges(valid & (n.off == lo))
+        trans = sorted({t for t in trans if start <= t < end})
+        if len(trans) > limit - 3:  # spread the transitions over the range
+            idx = np.linspace(0, len(trans) - 1, max(1, limit - 3)).round().astype(int)
+            trans = [trans[i] for i in idx]
+        cand += trans + [(start + end) // 2]
+        out: List[int] = []
+        for c in cand:
+            if c not in out and start <= c < end:
+                out.append(c)
+        return out[:limit]
+
     @property
     def worthwhile(self) -> bool:
         """Supported and predicted at least :data:`INCREMENTAL_MIN_RATIO` times cheaper."""
@@ -900,6 +947,21 @@ def _classify(n: _Node, L: int) -> None:
         hi = np.maximum(hi, lo)
         _set_local(n, "pad", x.ldim, lout, lo, hi, pl=-start, value=0.0)
         return
+    if t is aten.flip.default:
+        if len(locs) != 1:
+            return
+        nd = len(x.shape)
+        dims = sorted({dd % nd for dd in b["dims"]})
+        if 0 in dims:
+            return
+        if x.ldim not in dims:
+            _set_local(n, "pointwise", x.ldim, x.length, x.lo, x.hi)
+            return
+        # reverse along the length (a reverse complement): p -> length - 1 - p
+        lo = np.where(x.hi > x.lo, x.length - x.hi, 0)
+        hi = np.where(x.hi > x.lo, x.length - x.lo, 0)
+        _set_local(n, "flip", x.ldim, x.length, lo, hi, dims=dims)
+        return
     if t in (aten.pad.default, aten.constant_pad_nd.default):
         if t is aten.pad.default and b["mode"] != "constant":
             return
@@ -1075,6 +1137,8 @@ def _local_input_demands(n: _Node) -> List[Tuple[_Node, Tuple[int, int]]]:
     elif n.rule == "pad":
         pl = n.params["pl"]
         res.append((_local_inputs(n)[0], (lo - pl, hi - pl)))
+    elif n.rule == "flip":
+        res.append((_local_inputs(n)[0], (n.length - hi, n.length - lo)))
     else:
         for i in _local_inputs(n):
             res.append((i, (lo, hi)))
@@ -1468,6 +1532,8 @@ class IncrementalPredictor:
                 elif n.rule == "pad":
                     src = _local_inputs(n)[0]
                     add_asm(n, src, n.off - n.params["pl"], n.width, n.params["value"])
+                elif n.rule == "flip":
+                    add_asm(n, _local_inputs(n)[0], n.length - n.off - n.width, n.width, None)
                 else:
                     for src in _local_inputs(n):
                         add_asm(n, src, n.off, n.width, None)
@@ -1875,6 +1941,8 @@ class IncrementalPredictor:
             if p.get("other"):
                 x = F.pad(x, p["other"], value=p["value"])
             return x
+        if rule == "flip":
+            return self._assemble(n.name, _local_inputs(n)[0], env, ctx).flip(p["dims"])
         # pointwise / view: call the op on the windows
         fx = n.node
         vals: Dict[Any, Any] = {}
