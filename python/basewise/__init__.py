@@ -15,13 +15,13 @@ Example:
 import torch  # noqa: F401  (import torch before the extension: one shared OpenMP runtime)
 
 from .attention import AttentionNotFoundError, get_attention_scores, list_attention_blocks
-from .attribution import get_attributions
+from .attribution import TargetError, get_attributions
 from .incremental import IsmPlan, ism_plan_report, plan_ism
 from .ism import ISM_predict
 from .modisco import export_modisco
 from .ops import build_info
 from .results import ResultsWriter, open_results
-from .sequence import to_indices, to_onehot
+from .sequence import IntervalError, SequenceInputError, to_indices, to_onehot
 from .transforms import Aggregate
 
 __version__ = "0.1.0"
@@ -32,6 +32,9 @@ __all__ = [
     "get_attention_scores",
     "list_attention_blocks",
     "AttentionNotFoundError",
+    "TargetError",
+    "SequenceInputError",
+    "IntervalError",
     "plan_ism",
     "IsmPlan",
     "ism_plan_report",

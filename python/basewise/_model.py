@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Tuple
 import torch
 
 __all__ = ["is_lightning_like", "preserved_model_state", "model_device", "model_dtype", "make_forward",
-           "tensor_digest", "plain_attributes"]
+           "tensor_digest", "plain_attributes", "eval_mode"]
 
 
 def is_lightning_like(model: Any) -> bool:
@@ -84,7 +84,10 @@ def preserved_model_state(model: Any) -> Iterator[None]:
     has_transform = hasattr(model, "transform")
     transform = getattr(model, "transform", None)
     params = [(p, p.data, p.requires_grad) for p in model.parameters()]
-    buffers = [(m, name, b) for m in model.modules() for name, b in m._buffers.items() if b is not None]
+    # named_buffers(recurse=False), not m._buffers: TorchScript modules wrap _buffers in an
+    # OrderedDictWrapper without .get
+    buffers = [(m, name, b) for m in model.modules() for name, b in m.named_buffers(recurse=False)
+               if b is not None]
     try:
         yield
     finally:
@@ -98,8 +101,28 @@ def preserved_model_state(model: Any) -> Iterator[None]:
             if p.requires_grad != requires_grad:
                 p.requires_grad_(requires_grad)
         for m, name, b in buffers:
-            if m._buffers.get(name) is not b:
-                m._buffers[name] = b
+            if getattr(m, name, None) is not b:
+                try:
+                    m._buffers[name] = b
+                except Exception:  # noqa: BLE001 - a module type that refuses it keeps its buffer
+                    pass
+
+
+def eval_mode(model: Any) -> None:
+    """Put a module in evaluation mode. Programs from ``torch.export.load(...).module()`` refuse
+    ``eval()`` (they were traced in one mode already), so their flags are set directly.
+
+    Example:
+        >>> m = torch.nn.Dropout().train(); eval_mode(m); m.training
+        False
+    """
+    if not isinstance(model, torch.nn.Module):
+        return
+    try:
+        model.eval()
+    except NotImplementedError:
+        for m in model.modules():
+            m.training = False
 
 
 def _as_3d(y: Any) -> torch.Tensor:
@@ -139,12 +162,27 @@ def make_forward(model: Any, prediction_transform: Optional[Callable] = None) ->
         the model: captum's ``additional_forward_args``) to (B, T, L_out).
     """
     if is_lightning_like(model) or prediction_transform is None:
-        return lambda x, *args: _as_3d(model(x, *args))
+        return lambda x, *args: _batched_3d(model(x, *args), x)
 
     def forward(x: torch.Tensor, *args: Any) -> torch.Tensor:
-        return _as_3d(prediction_transform(model(x, *args)))
+        return _batched_3d(prediction_transform(model(x, *args)), x)
 
     return forward
+
+
+def _batched_3d(y: Any, x: torch.Tensor) -> torch.Tensor:
+    """:func:`_as_3d` after checking that the output's first axis is the input's batch axis.
+
+    A forward ending in ``.squeeze()`` returns (T,) for one sequence: read as T sequences it
+    would silently give wrong numbers (a target selecting task 0 of T "sequences")."""
+    if isinstance(y, torch.Tensor) and (y.ndim == 0 or y.shape[0] != x.shape[0]):
+        raise ValueError(
+            f"model: for a batch of {x.shape[0]} sequence(s) the model returned shape "
+            f"{tuple(y.shape)}; its first axis must be the batch axis, (B, T, L_out) or (B, T). "
+            f"A forward that ends in .squeeze() drops it for one sequence: squeeze named "
+            f"axes instead (e.g. .squeeze(-1))"
+        )
+    return _as_3d(y)
 
 
 def tensor_digest(tensors: Iterable[torch.Tensor]) -> str:

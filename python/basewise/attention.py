@@ -73,7 +73,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._model import model_device, model_dtype, preserved_model_state
+from ._model import eval_mode, model_device, model_dtype, preserved_model_state
 from .sequence import to_onehot
 
 __all__ = [
@@ -737,7 +737,7 @@ def get_attention_scores(
                 handles.append(m.attn_dropout.register_forward_pre_hook(_dropout_hook(cap, i)))
         fused_modules = [type(m).__module__ for _, m, kind in found if kind in ("sdpa", "flash")]
         with preserved_model_state(model), torch.no_grad(), _GlobalPatches(fused_modules, "mha" in kinds):
-            model.eval()
+            eval_mode(model)
             x = x.to(device=model_device(model), dtype=model_dtype(model))
             _TLS.capture = cap
             try:

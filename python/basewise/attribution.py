@@ -62,10 +62,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._model import _as_3d, is_lightning_like, make_forward, model_dtype, preserved_model_state
+from ._model import _batched_3d, eval_mode, is_lightning_like, make_forward, model_dtype, preserved_model_state
 from .sequence import to_onehot
 
-__all__ = ["get_attributions", "METHODS", "deepshap_rules", "default_batch_size",
+__all__ = ["get_attributions", "TargetError", "METHODS", "deepshap_rules", "default_batch_size",
            "default_internal_batch_size"]
 
 #: The valid ``method`` names, in gReLU's order.
@@ -233,7 +233,7 @@ def _squeezed_forward(forward: Callable, target: Any) -> Callable:
         if y.ndim > 2 and y.shape[2:].numel() == 1:
             y = y.reshape(y.shape[0], y.shape[1])  # (B, T)
         if target is None and y.ndim > 1 and y.shape[1:].numel() != 1:
-            raise ValueError(
+            raise TargetError(
                 f"get_attributions: the model output has {y.shape[1:].numel()} values per "
                 f"sequence (shape {tuple(y.shape[1:])} after the prediction transform), but "
                 f"method 'saliency', 'inputxgradient' and 'integratedgradients' explain one number "
@@ -397,7 +397,12 @@ class _ExplainedModule(nn.Module):
         y = self.model(x, *args) if args else self.model(x)
         if self.transform is not None:
             y = self.transform(y)
-        return _as_3d(y)  # (B,) -> (B, 1, 1), (B, T) -> (B, T, 1)
+        return _batched_3d(y, x)  # (B,) -> (B, 1, 1), (B, T) -> (B, T, 1)
+
+
+class TargetError(ValueError, AssertionError):
+    """A multi-output model explained without a ``target`` (or a target that does not fit): a
+    ``ValueError`` that is also the ``AssertionError`` captum raised under gReLU."""
 
 
 def _tangermeme_rules() -> Dict[type, Callable]:
@@ -519,7 +524,7 @@ def _deepshap(model: Any, prediction_transform: Optional[Callable], x: torch.Ten
     explained, attach = _explained_model(model, prediction_transform)
     if attach:
         model.add_transform(_transform_module(prediction_transform))
-    explained.eval()
+    eval_mode(explained)
     rules = deepshap_rules(explained)
     user_rules = kwargs.pop("additional_nonlinear_ops", None)
     if user_rules:
@@ -669,7 +674,7 @@ def get_attributions(
             if is_lightning_like(model):
                 model.add_transform(_transform_module(prediction_transform))
             if isinstance(model, nn.Module):
-                model.eval()
+                eval_mode(model)
                 model.to(dev)
                 for p in model.parameters():  # gradients are needed for the input only
                     p.requires_grad_(False)

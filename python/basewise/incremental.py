@@ -96,7 +96,7 @@ try:  # native window ops (C++/CUDA); plain PyTorch fallbacks below serve as ref
 except Exception:  # pragma: no cover - the native module is part of the package build
     _ops = None
 
-from ._model import (is_lightning_like, model_device, model_dtype, plain_attributes, preserved_model_state,
+from ._model import (eval_mode, is_lightning_like, model_device, model_dtype, plain_attributes, preserved_model_state,
                      tensor_digest)
 
 __all__ = ["plan_ism", "ism_plan_report", "IsmPlan", "LayerInfo", "IncrementalPredictor",
@@ -465,6 +465,9 @@ def plan_ism(model: Any, length: int, *, prediction_transform: Optional[Callable
     length = int(length)
     if not isinstance(model, torch.nn.Module):
         return IsmPlan(False, "the model is not a torch.nn.Module", length)
+    if isinstance(model, torch.jit.ScriptModule):
+        return IsmPlan(False, "a TorchScript model cannot be captured by torch.export (it runs with full "
+                              "recompute); pass the eager module or a torch.export program instead", length)
     device = torch.device(device) if device is not None else model_device(model)
     dtype = dtype if dtype is not None else model_dtype(model)
     if dtype != model_dtype(model):
@@ -480,7 +483,11 @@ def plan_ism(model: Any, length: int, *, prediction_transform: Optional[Callable
             return cached[0]
     if cached_only:
         return IsmPlan(False, "not captured yet (cached_only=True)", length)
-    plan = _plan(model, length, prediction_transform, device, dtype)
+    try:
+        plan = _plan(model, length, prediction_transform, device, dtype)
+    except Exception as e:  # noqa: BLE001 - documented: never raises for a model it cannot plan
+        msg = str(e).strip().split("\n")[0][:300]
+        return IsmPlan(False, f"planning failed: {type(e).__name__}: {msg}", length)
     if use_cache and key is not None:
         with _PLAN_LOCK:
             try:
@@ -524,7 +531,7 @@ def ism_plan_report(model: Any, length: int, *, prediction_transform: Optional[C
 def _plan(model: torch.nn.Module, length: int, transform: Optional[Callable],
           device: torch.device, dtype: torch.dtype) -> IsmPlan:
     with preserved_model_state(model):
-        model.eval()
+        eval_mode(model)
         wrapped = _Wrapped(model, None if is_lightning_like(model) else transform)
         x = torch.zeros(2, 4, length, device=device, dtype=dtype)
         x[:, 0] = 1

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 from . import ops
-from ._model import is_lightning_like, make_forward, model_dtype, preserved_model_state
+from ._model import eval_mode, is_lightning_like, make_forward, model_dtype, preserved_model_state
 from .sequence import indices_to_strings, to_indices
 
 __all__ = ["ISM_predict", "FullPredictor", "COMPARE_FUNCS"]
@@ -129,6 +129,31 @@ def _check_positions(start_pos: Any, end_pos: Any, length: int) -> tuple:
     if end <= start or end > length:
         raise ValueError(f"end_pos: {end} must satisfy start_pos ({start}) < end_pos <= sequence length ({length})")
     return start, end
+
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _check_dtype(dtype: Any, model: Any) -> None:
+    """``dtype=`` must be one the model can compute in: its own parameter dtype, or float16 /
+    bfloat16 under autocast for a float32, float16 or bfloat16 model. Autocast never raises
+    precision (float32 on a bfloat16 model, float64 on a float32 one) nor lowers it from float64
+    (it casts float32 only), so those are refused here, before any model call. A plain callable
+    receives one-hot input in ``dtype`` and may take any floating dtype."""
+    if dtype is None:
+        return
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise ValueError(f"dtype: expected torch.float32, float16, bfloat16 or float64, got {dtype!r}")
+    if not isinstance(model, torch.nn.Module):
+        return
+    own = model_dtype(model)
+    if dtype == own or (dtype in _LOW_PRECISION and own in (torch.float32,) + _LOW_PRECISION):
+        return
+    raise ValueError(
+        f"dtype: the model computes in {own}; dtype={dtype} is not possible (autocast only lowers "
+        f"float32 to float16/bfloat16). Use dtype=None, or convert the model first "
+        f"(e.g. model.to({dtype}))"
+    )
 
 
 def _check_compare(compare_func: Any) -> None:
@@ -270,9 +295,10 @@ def ISM_predict(
             :func:`basewise.plan_ism`) or "full" (a full forward per mutant). Default "auto".
         progress: show a tqdm progress bar on stderr: None shows it for runs longer than about
             2 seconds, True always, False never. Default None.
-        dtype: dtype of the one-hot batches and of the model's computation (run under autocast
-            when it differs from the model's own); results are float32. Default None (the
-            model's parameter dtype).
+        dtype: dtype of the one-hot batches and of the model's computation: the model's own
+            dtype, or float16/bfloat16 under autocast for a float32 (or half-precision) model;
+            other combinations raise a ValueError before any model call. Results are float32.
+            Default None (the model's parameter dtype).
 
     Returns:
         A DataFrame of shape (4, P) (rows A, C, G, T; columns the reference letters of
@@ -303,8 +329,7 @@ def ISM_predict(
         raise ValueError(f"model: expected a torch.nn.Module or callable, got {type(model).__name__}")
     if progress not in (None, True, False):
         raise ValueError(f"progress: expected None, True or False, got {progress!r}")
-    if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        raise ValueError(f"dtype: expected a floating torch dtype, got {dtype!r}")
+    _check_dtype(dtype, model)
     dev_list = _parse_devices(devices)
     ref_np = to_indices(seqs, genome)  # (B, L) int8
     n_seqs, length = ref_np.shape
@@ -314,8 +339,10 @@ def ISM_predict(
 
     with preserved_model_state(model):
         if is_lightning_like(model) and prediction_transform is not None:
-            model.add_transform(prediction_transform)
-        _eval_mode(model)
+            from .attribution import _transform_module  # a lambda becomes a module it can hold
+
+            model.add_transform(_transform_module(prediction_transform))
+        eval_mode(model)
         replicas = _place_replicas(model, dev_list)
         compute_dtype = dtype or model_dtype(model)
         preds, ref_preds = _run(
@@ -325,9 +352,11 @@ def ISM_predict(
     # ---- compare (in place, exactly gReLU's float32 formulas) ----
     if compare_func is not None:
         if isinstance(compare_func, str):
+            messages = _numpy_style_warnings(preds, ref_preds, compare_func)
             ops.compare_(preds, ref_preds, compare_func)
             out = preds.numpy()
-            _numpy_style_warnings(out, compare_func)
+            for msg in messages:
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
         else:
             ref = ref_preds.numpy()[:, None, None]  # (B, 1, 1, T, L_out)
             out = compare_func(preds.numpy(), ref)
@@ -342,27 +371,33 @@ def ISM_predict(
     return out
 
 
-def _numpy_style_warnings(out: np.ndarray, kind: str) -> None:
-    """The RuntimeWarnings numpy (hence gReLU) emits when a comparison makes inf or nan."""
+def _numpy_style_warnings(preds: torch.Tensor, ref: torch.Tensor, kind: str) -> List[str]:
+    """The RuntimeWarnings numpy (hence gReLU) emits for ``mut / ref`` and ``log2(mut / ref)``,
+    in numpy's order, found from the inputs before the in-place comparison.
+
+    preds: (B, P, 4, T, L_out); ref: (B, T, L_out)."""
     if kind == "subtract":
-        return
-    op = "log2" if kind == "log2FC" else "divide"
-    if np.isinf(out).any():
-        warnings.warn(f"divide by zero encountered in {op}", RuntimeWarning, stacklevel=3)
-    if np.isnan(out).any():
-        warnings.warn(f"invalid value encountered in {op}", RuntimeWarning, stacklevel=3)
-
-
-def _eval_mode(model: Any) -> None:
-    """Put a module in eval mode; programs from ``torch.export.load(...).module()`` refuse
-    ``eval()`` (they are traced in eval mode already), so their flags are set directly."""
-    if not isinstance(model, torch.nn.Module):
-        return
-    try:
-        model.eval()
-    except NotImplementedError:
-        for m in model.modules():
-            m.training = False
+        return []
+    div0 = inval = log0 = logneg = False
+    for b in range(preds.shape[0]):  # one sequence at a time: a temporary of one sequence's size
+        p, r = preds[b], ref[b][None, None]  # (P, 4, T, L_out), (1, 1, T, L_out)
+        zero = r == 0
+        div0 = div0 or bool((zero & (p != 0) & torch.isfinite(p)).any())
+        inval = inval or bool(((zero & (p == 0)) | (torch.isinf(p) & torch.isinf(r))).any())
+        if kind == "log2FC":
+            q = p / r
+            log0 = log0 or bool((q == 0).any())
+            logneg = logneg or bool((q < 0).any())
+    out = []
+    if div0:
+        out.append("divide by zero encountered in divide")
+    if inval:
+        out.append("invalid value encountered in divide")
+    if log0:
+        out.append("divide by zero encountered in log2")
+    if logneg:
+        out.append("invalid value encountered in log2")
+    return out
 
 
 def _place_replicas(model: Any, dev_list: List[torch.device]) -> List[tuple]:

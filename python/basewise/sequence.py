@@ -36,6 +36,7 @@ import torch
 __all__ = [
     "ALPHABET",
     "SequenceInputError",
+    "IntervalError",
     "to_indices",
     "to_onehot",
     "indices_to_strings",
@@ -61,7 +62,18 @@ _INTERVAL_ERROR = "Input dataframe is not a valid set of genomic intervals"
 
 class SequenceInputError(ValueError, AssertionError):
     """Bad ``seqs``/``genome`` input; a ``ValueError`` that gReLU code catching
-    ``AssertionError`` (its unequal-length and missing-genome checks) also catches."""
+    ``AssertionError`` (its unequal-length, missing-genome and empty-list checks) also catches."""
+
+
+try:  # pyfaidx is a dependency; gReLU lets its FetchError through for bad intervals
+    from pyfaidx import FetchError as _FetchError
+except ImportError:  # pragma: no cover
+    _FetchError = IndexError
+
+
+class IntervalError(SequenceInputError, _FetchError):
+    """An interval on an unknown chromosome or past a chromosome's end: a
+    :class:`SequenceInputError` that is also ``pyfaidx.FetchError`` (what gReLU raised)."""
 
 
 SeqInput = Union[str, Sequence[str], np.ndarray, torch.Tensor, pd.DataFrame]
@@ -159,10 +171,10 @@ def intervals_to_strings(intervals: pd.DataFrame, genome: Any) -> List[str]:
     ):
         start, end = int(start), int(end)
         if chrom not in fasta.keys():
-            raise SequenceInputError(f"seqs: chromosome {chrom!r} (row {i}) is not in the genome")
+            raise IntervalError(f"seqs: chromosome {chrom!r} (row {i}) is not in the genome")
         chrom_len = len(fasta[chrom])
         if start < 0 or end > chrom_len or start > end:
-            raise SequenceInputError(
+            raise IntervalError(
                 f"seqs: interval {chrom}:{start}-{end} (row {i}) is outside the chromosome "
                 f"(length {chrom_len}) or has start > end"
             )
@@ -189,7 +201,7 @@ def _check_index_array(a: np.ndarray) -> np.ndarray:
         raise ValueError(_INDEX_ERROR)
     if a.size and (a.min() < 0 or a.max() > 4):
         raise ValueError(_INDEX_ERROR)
-    return np.ascontiguousarray(a.reshape(-1, a.shape[-1]) if a.ndim == 2 else a[None], dtype=np.int8)
+    return np.ascontiguousarray(a if a.ndim == 2 else a[None], dtype=np.int8)
 
 
 def _check_onehot_shape(shape) -> None:
@@ -202,6 +214,14 @@ def _tensor_to_numpy(t: torch.Tensor) -> np.ndarray:
     if t.dtype in (torch.bfloat16, torch.float16):
         t = t.float()
     return t.numpy()
+
+
+def _check_not_empty(shape: tuple) -> None:
+    """Empty input never reaches a model: no sequences, or sequences of length 0."""
+    if shape[0] == 0:
+        raise SequenceInputError("seqs: no sequences were given")
+    if shape[-1] == 0:
+        raise SequenceInputError(f"seqs: the sequences are empty (length 0; {shape[0]} given)")
 
 
 def to_indices(seqs: SeqInput, genome: Any = None) -> np.ndarray:
@@ -218,12 +238,19 @@ def to_indices(seqs: SeqInput, genome: Any = None) -> np.ndarray:
 
     Raises:
         ValueError: invalid letters, index values, one-hot shapes or intervals (gReLU's messages).
+        SequenceInputError: no sequences, or sequences of length 0.
         TypeError: an unsupported input type, or a list of non-strings.
 
     Example:
         >>> to_indices(["AC", "gN"]).tolist()
         [[0, 1], [2, 4]]
     """
+    idx = _to_indices(seqs, genome)
+    _check_not_empty(idx.shape)
+    return idx
+
+
+def _to_indices(seqs: SeqInput, genome: Any) -> np.ndarray:
     if isinstance(seqs, str):
         return _strings_to_indices([seqs])
     if isinstance(seqs, pd.DataFrame):
@@ -232,14 +259,14 @@ def to_indices(seqs: SeqInput, genome: Any = None) -> np.ndarray:
         if seqs.is_floating_point() or seqs.dtype == torch.bool:
             _check_onehot_shape(tuple(seqs.shape))
             x = _tensor_to_numpy(seqs)
-            return _onehot_to_indices(x.reshape(-1, 4, x.shape[-1]))
+            return _onehot_to_indices(x if x.ndim == 3 else x[None])
         return _check_index_array(_tensor_to_numpy(seqs))
     if isinstance(seqs, np.ndarray):
         if _is_int_dtype(seqs.dtype):
             return _check_index_array(seqs)
         if np.issubdtype(seqs.dtype, np.floating) or seqs.dtype == np.bool_:
             _check_onehot_shape(seqs.shape)
-            return _onehot_to_indices(seqs.reshape(-1, 4, seqs.shape[-1]))
+            return _onehot_to_indices(seqs if seqs.ndim == 3 else seqs[None])
         raise ValueError(_INDEX_ERROR)
     if isinstance(seqs, (list, tuple)):
         if not all(isinstance(s, str) for s in seqs):
@@ -270,12 +297,15 @@ def to_onehot(seqs: SeqInput, genome: Any = None) -> torch.Tensor:
     if isinstance(seqs, torch.Tensor) and (seqs.is_floating_point() or seqs.dtype == torch.bool):
         _check_onehot_shape(tuple(seqs.shape))
         x = seqs.detach().to("cpu", torch.float32)
-        return x.reshape(-1, 4, x.shape[-1]).contiguous()  # (B, 4, L)
-    if isinstance(seqs, np.ndarray) and (np.issubdtype(seqs.dtype, np.floating) or seqs.dtype == np.bool_):
+        x = (x if x.ndim == 3 else x[None]).contiguous()  # (B, 4, L)
+    elif isinstance(seqs, np.ndarray) and (np.issubdtype(seqs.dtype, np.floating) or seqs.dtype == np.bool_):
         _check_onehot_shape(seqs.shape)
         x = torch.from_numpy(np.ascontiguousarray(seqs, dtype=np.float32))
-        return x.reshape(-1, 4, x.shape[-1]).clone()  # (B, 4, L)
-    return indices_to_onehot(to_indices(seqs, genome))
+        x = (x if x.ndim == 3 else x[None]).clone()  # (B, 4, L)
+    else:
+        return indices_to_onehot(to_indices(seqs, genome))
+    _check_not_empty(tuple(x.shape))
+    return x
 
 
 def indices_to_onehot(idx: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
