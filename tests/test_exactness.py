@@ -187,7 +187,7 @@ def _change(m: Tailed, how: str) -> None:
                   for k, v in m.state_dict().items()}
             m.load_state_dict(sd)
         elif how == "data":
-            m.fc.weight.data = m.fc.weight.data * -2
+            m.fc.weight.data.mul_(-2)  # in place through .data: no version bump on the parameter
             m.c1.weight.data[:] = m.c1.weight.data * 0.5
         elif how == "numpy":
             m.fc.weight.detach().numpy()[:] *= -2
