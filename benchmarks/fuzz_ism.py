@@ -6,7 +6,8 @@ adds, batch/layer/group norms, upsampling, transposed convs, reshape pools, reve
 attention, and global-pool, flatten + dense, GRU and profile heads), runs saturation ISM on two
 sequences with N bases with ``engine="full"``, ``"incremental"`` and ``"auto"``, and checks
 max |engine - full| <= 1e-5 * max |full| (float32) and that positions the model never reads get
-exactly the reference prediction. Prints one line per failure and a summary table; exits 1 on
+exactly the reference prediction with the incremental engine ('auto' may choose full recompute,
+whose batched forwards need not be bit-identical to the reference's). Prints one line per failure and a summary table; exits 1 on
 any failure. The CI runs seeds 0-59 in ``tests/test_exactness.py``.
 
 Usage:
@@ -52,11 +53,11 @@ def run_seed(seed: int) -> dict:
             out = basewise.ISM_predict(seqs, m, engine=engine, return_df=False, progress=False)
         res[f"{engine}_err"] = float(np.abs(out - full).max()) / scale
         res[f"{engine}_warned"] = any("disagreed" in str(x.message) for x in w)
-        if plan.reach is not None and not plan.reach.all():
+        if engine == "incremental" and plan.reach is not None and not plan.reach.all():
             unread = ~plan.reach
             ref = out[:, :, :, :, :]
             # every base at an unread position carries the reference prediction exactly
-            res[f"{engine}_unread_exact"] = bool(np.all(ref[:, unread] == ref[:, unread][:, :, :1]))
+            res["unread_exact"] = bool(np.all(ref[:, unread] == ref[:, unread][:, :, :1]))
     return res
 
 
@@ -76,7 +77,8 @@ def main() -> int:
         results.append(r)
         layer_count.update(r["layers"])
         if r["supported"]:
-            bad = [e for e in ("incremental", "auto") if r[f"{e}_err"] > RTOL or not r.get(f"{e}_unread_exact", True)]
+            bad = [e for e in ("incremental", "auto") if r[f"{e}_err"] > RTOL] + (
+                [] if r.get("unread_exact", True) else ["unread"])
             if bad:
                 failures.append(r)
                 print(f"FAIL seed {seed}: {r}", flush=True)
@@ -87,7 +89,7 @@ def main() -> int:
         errs = np.array([max(r["incremental_err"], r["auto_err"]) for r in sup])
         print(f"max |engine - full| / scale: median {np.median(errs):.2e}, max {errs.max():.2e} (tolerance {RTOL:g})")
         print(f"auto warned (safety net fired): {sum(r['auto_warned'] for r in sup)}; "
-              f"models with unread positions: {sum('incremental_unread_exact' in r for r in sup)}")
+              f"models with unread positions (exactly the reference there): {sum('unread_exact' in r for r in sup)}")
     print("layer coverage (models containing each layer type):")
     for name, c in sorted(layer_count.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<20} {c}")

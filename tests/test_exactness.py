@@ -434,3 +434,18 @@ def test_exported_program_from_python(tmp_path):
     a = basewise.get_attributions(em, seq, method="saliency", target=0)
     b = basewise.get_attributions(m, seq, method="saliency", target=0)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_safety_net_runs_once_per_plan_and_range(monkeypatch):
+    import basewise.ism as ism_mod
+
+    calls = []
+    orig = ism_mod._spot_check
+    monkeypatch.setattr(ism_mod, "_spot_check", lambda *a, **k: calls.append(a[4:6]) or orig(*a, **k))
+    torch.manual_seed(3)
+    m = CenterCrop().eval()
+    plan_ism(m, 301)
+    for seed in (0, 1):
+        basewise.ISM_predict(_rand_seq(301, seed), m, return_df=False)
+    basewise.ISM_predict(_rand_seq(301, 2), m, start_pos=50, end_pos=80, return_df=False)
+    assert calls == [(0, 301), (50, 80)]

@@ -463,11 +463,20 @@ def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine,
                 predictors = [(w[0], w[1](ref_cpu.to(w[0]))) for w in workers]
                 mutants = ops.enumerate_mutants(ref_cpu, start, end)  # (m, 3) int64, CPU
                 if b0 == 0 and engine == "auto" and workers[0][2] == "incremental":
-                    # Safety net: the planner's result is verified on real mutants once per call;
-                    # on disagreement the whole call uses full recompute.
+                    # Safety net: the plan is verified on real mutants once per (plan, mutated
+                    # range), the first time it is used for that range (its rules are structural:
+                    # a later call with other sequences or weights meets the same rules); on
+                    # disagreement the whole call uses full recompute.
                     dev0 = workers[0][0]
-                    problem = _spot_check(predictors[0][1], workers[0][3](ref_cpu.to(dev0)), mutants.to(dev0),
-                                          getattr(workers[0][1], "plan", None), start, end, dtype)
+                    plan = getattr(workers[0][1], "plan", None)
+                    verified = getattr(plan, "_verified", {}) if plan is not None else {}
+                    if (start, end) in verified:
+                        problem = verified[(start, end)]
+                    else:
+                        problem = _spot_check(predictors[0][1], workers[0][3](ref_cpu.to(dev0)),
+                                              mutants.to(dev0), plan, start, end, dtype)
+                        if plan is not None:
+                            plan._verified = {**verified, (start, end): problem}
                     if problem is not None:
                         warnings.warn(f"basewise: the incremental ISM engine disagreed with full recompute "
                                       f"({problem}); using full recompute for this call. This is a "
