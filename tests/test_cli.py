@@ -448,3 +448,71 @@ def test_grelu_checkpoint_without_grelu_installed(files, tmp_path, capsys, monke
     ckpt.write_bytes(b"CKPT")
     rc, _, err = run(["ism", "-m", ckpt, "--fasta", files["dir"] / "seqs.fa", "-o", tmp_path / "c.h5"], capsys)
     assert rc == 2 and "gReLU is not installed" in err and len(err.strip().splitlines()) == 1
+
+
+WEIGHTS_MODEL_SRC = textwrap.dedent("""
+    import os, torch
+
+    def build():
+        m = torch.nn.Sequential(torch.nn.Conv1d(4, 2, 5, padding=2))
+        m.load_state_dict(torch.load(os.environ["BASEWISE_TEST_WEIGHTS"]))
+        return m
+""")
+
+
+def test_resume_refuses_a_model_whose_weights_changed(files, tmp_path, capsys, monkeypatch):
+    """A module:function model is identified by its weights, not by the text of -m: replaced
+    weights are refused on resume (naming the change), the same model named differently is not."""
+    d = files["dir"]
+    (tmp_path / "wmodels.py").write_text(WEIGHTS_MODEL_SRC)
+    wfile = tmp_path / "w.pt"
+    torch.manual_seed(0)
+    torch.save(torch.nn.Sequential(torch.nn.Conv1d(4, 2, 5, padding=2)).state_dict(), wfile)
+    monkeypatch.setenv("BASEWISE_TEST_WEIGHTS", str(wfile))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r.h5"
+    base = ["ism", "--fasta", d / "seqs.fa", "-o", out, "-q", "--engine", "full"]
+    assert run(["ism", "-m", "./wmodels.py:build"] + base[1:], capsys)[0] == 0
+    rc, _, err = run(["ism", "-m", "wmodels:build"] + base[1:], capsys)  # the same model
+    assert rc == 0, err
+    torch.save(torch.nn.Sequential(torch.nn.Conv1d(4, 2, 5, padding=2)).state_dict(), wfile)  # new weights
+    rc, _, err = run(["ism", "-m", "wmodels:build"] + base[1:], capsys)
+    assert rc == 2 and "refusing to resume" in err and "model.weights (weights changed)" in err
+
+
+def test_gzipped_bed_and_narrowpeak(files, tmp_path, capsys):
+    """--bed peaks.bed.gz / .narrowPeak.gz are read transparently (same scores as plain text);
+    a file that is not text is one clear line, exit 2."""
+    import gzip
+
+    d = files["dir"]
+    plain = tmp_path / "plain.h5"
+    args = ["ism", "-m", d / "model.ts", "--bed", d / "regions.bed", "--genome", d / "genome.fa",
+            "-q", "--engine", "full", "-o"]
+    assert run(args + [plain], capsys)[0] == 0
+    for name in ("peaks.bed.gz", "peaks.narrowPeak.gz"):
+        gz = tmp_path / name
+        with gzip.open(gz, "wt") as fh:
+            fh.write((d / "regions.bed").read_text())
+        rc, _, err = run(args[:4] + [gz] + args[5:] + [tmp_path / (name + ".h5")], capsys)
+        assert rc == 0, err
+        with open_results(plain) as a, open_results(tmp_path / (name + ".h5")) as b:
+            np.testing.assert_array_equal(a.scores[()], b.scores[()])
+    bad = tmp_path / "bad.bed"
+    bad.write_bytes(b"\xff\xfe\x00binary")
+    rc, _, err = run(args[:4] + [bad] + args[5:] + [tmp_path / "bad.h5"], capsys)
+    assert rc == 2 and "--bed" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.h5").exists()
+
+
+@pytest.mark.parametrize("top,expect", [(3, "3 of the 3 largest"), (20, "8 of the 8 largest")])
+def test_demo_top_counts_what_it_lists(capsys, top, expect):
+    rc, out, _ = run(["demo", "--top", top], capsys)
+    assert rc == 0 and expect in out
+
+
+@pytest.mark.parametrize("argv", [["demo", "--top", "0"], ["demo", "--top", "-3"], ["demo", "--batch-size", "0"]])
+def test_demo_refuses_non_positive_numbers(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "positive" in capsys.readouterr().err

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import hashlib
 import importlib
 import importlib.util
@@ -94,8 +95,18 @@ def _parse_bed(path: str) -> List[Tuple[int, str, int, int, str, str]]:
     if not os.path.exists(path):
         raise CLIError(f"--bed: file {path!r} does not exist")
     out = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"  # gzip (and bgzip) magic: read transparently
+    try:
+        fh = gzip.open(path, "rt") if gz else open(path)
+    except OSError as e:
+        raise CLIError(f"--bed: cannot read {path!r}: {_first_line(e)}") from None
+    with fh:
+        try:
+            lines = list(fh)
+        except (OSError, EOFError, UnicodeDecodeError) as e:
+            raise CLIError(f"--bed: cannot read {path!r} as {'gzipped ' if gz else ''}text: {_first_line(e)}") from None
+        for lineno, line in enumerate(lines, 1):
             s = line.strip()
             if not s or s.startswith(("#", "track", "browser")):
                 continue
@@ -297,6 +308,7 @@ def load_model(spec: str) -> Tuple[Any, Dict[str, Any]]:
                 ) from None
         if isinstance(model, torch.nn.Module) and not isinstance(model, ExportedModule):
             model.eval()
+        ident["weights"] = _weights_fingerprint(model)
         return model, ident
     if os.path.isdir(spec):
         raise CLIError(f"--model: {spec!r} is a folder, not a model file")
@@ -331,7 +343,23 @@ def load_model(spec: str) -> Tuple[Any, Dict[str, Any]]:
         raise CLIError(f"--model: {spec}() returned {type(model).__name__}, not a model (a callable module)")
     if isinstance(model, torch.nn.Module):
         model.eval()
-    return model, {"kind": "function", "reference": spec}
+    # identified by what it computes: the function's module (so ./mymodels.py:build and
+    # mymodels:build are the same model) and a content digest of its weights (a weights file
+    # replaced between an interrupted run and its resume is refused)
+    stem = os.path.splitext(os.path.basename(target))[0] if target.endswith(".py") else target.rpartition(".")[2]
+    return model, {"kind": "function", "function": f"{stem}:{func_name}", "reference": spec,
+                   "weights": _weights_fingerprint(model)}
+
+
+def _weights_fingerprint(model: Any) -> Optional[str]:
+    """Content digest of a model's parameters and buffers (None for a plain callable)."""
+    import torch
+
+    from ._model import tensor_digest
+
+    if not isinstance(model, torch.nn.Module):
+        return None
+    return tensor_digest([t for _, t in model.named_parameters()] + [t for _, t in model.named_buffers()])
 
 
 def _sha256(path: str) -> str:
@@ -504,8 +532,9 @@ def _common_arguments(args, model_ident, transform_opts) -> Dict[str, Any]:
 
 
 def model_ident_for_compare(ident: Dict[str, Any]) -> Dict[str, Any]:
-    """The part of a model's identity that must match on resume (not its path)."""
-    return {k: v for k, v in ident.items() if k != "path"}
+    """The part of a model's identity that must match on resume: what it computes (kind, file
+    digest, function, weights digest), not how it was named (path, reference text)."""
+    return {k: v for k, v in ident.items() if k not in ("path", "reference")}
 
 
 def _cmd_ism(args) -> int:
@@ -687,8 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run ISM on the bundled sequence and model and print a summary")
-    demo.add_argument("--top", type=int, default=10, help="positions to list (default 10)")
-    demo.add_argument("--batch-size", type=int, default=64, help="mutants per forward pass (default 64)")
+    demo.add_argument("--top", type=_positive, default=10, help="positions to list (default 10)")
+    demo.add_argument("--batch-size", type=_positive, default=64, help="mutants per forward pass (default 64)")
     demo.add_argument("--plot", metavar="FILE.png", help="also save the ISM heatmap and logo (needs basewise[plot])")
     demo.add_argument("--dpi", type=_positive, default=100, help="resolution of --plot (default 100)")
 

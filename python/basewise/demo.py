@@ -122,9 +122,10 @@ def run_demo(top: int = 10, file=None, batch_size: int = 64, progress: Optional[
         vals = "  ".join(f"{effects[a, i]:+6.2f}" for a in range(4))
         mark = "  <- motif" if i in motif_pos else ""
         p(f"{i:4d}   {seq[i]}    {score[i]:7.3f}    {vals}  {bar}{mark}")
-    hits = sum(int(i in motif_pos) for i in order[: len(motif)])
+    n = min(top, len(motif))
+    hits = sum(int(i in motif_pos) for i in order[:n])
     p("")
-    p(f"{hits} of the {len(motif)} largest effects fall inside the planted motif; the median position "
+    p(f"{hits} of the {n} largest effects fall inside the planted motif; the median position "
       f"outside it has mean |effect| {np.median(np.delete(score, sorted(motif_pos))):.3f}.")
     return df
 

@@ -246,8 +246,17 @@ class ResultsWriter:
         old = json.loads(f.attrs.get("arguments", "{}"))
         new = json.loads(self.arguments_json)
         for key in sorted(set(old) | set(new)):
-            if old.get(key, "<absent>") != new.get(key, "<absent>"):
-                problems.append(f"{key}: stored {old.get(key, '<absent>')!r}, now {new.get(key, '<absent>')!r}")
+            a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+            if a == b:
+                continue
+            if isinstance(a, dict) and isinstance(b, dict):  # name the sub-entries that differ
+                for sub in sorted(set(a) | set(b)):
+                    if a.get(sub, "<absent>") != b.get(sub, "<absent>"):
+                        what = "weights changed" if sub == "weights" else ""
+                        problems.append(f"{key}.{sub}{' (' + what + ')' if what else ''}: stored "
+                                        f"{a.get(sub, '<absent>')!r}, now {b.get(sub, '<absent>')!r}")
+            else:
+                problems.append(f"{key}: stored {a!r}, now {b!r}")
         if int(f.attrs.get("seq_len", -1)) != self.seq_len:
             problems.append(f"sequence length: stored {int(f.attrs.get('seq_len', -1))}, now {self.seq_len}")
         if not problems:
