@@ -28,346 +28,19 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gzip
-import hashlib
-import importlib
-import importlib.util
 import os
 import shlex
-import signal
 import sys
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
-import numpy as np
-
-from .ism import ISM_predict as _probe_ism  # bound at import: the probe is not a chunk of the run
 
 __all__ = ["main", "build_parser", "load_model", "read_regions", "CLIError"]
 
 
-class CLIError(Exception):
-    """A user error: printed as one line, exit code 2."""
+from .runs import (RunError, RunInterrupted, _first_line, attribute_regions, ism_regions, load_model,  # noqa: F401
+                   read_regions)
 
-
-# ---------------------------------------------------------------------------------------------
-# regions
-# ---------------------------------------------------------------------------------------------
-class _Regions:
-    """Regions to score: a table (name, chrom, start, end, strand) and a way to fetch them."""
-
-    def __init__(self, table, fasta, kind: str, info: Dict[str, Any]):
-        self.table = table  # pandas DataFrame
-        self.fasta = fasta  # open pyfaidx.Fasta
-        self.kind = kind  # "fasta" or "bed"
-        self.info = info
-        lengths = (table["end"] - table["start"]).to_numpy()
-        self.seq_len = int(lengths[0])
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def fetch(self, idx: np.ndarray) -> List[str]:
-        """Sequences (upper case, reverse-complemented on "-") of the regions ``idx``."""
-        from .sequence import intervals_to_strings
-
-        sub = self.table.iloc[idx]
-        df = sub[["chrom", "start", "end", "strand"]].reset_index(drop=True)
-        return intervals_to_strings(df, self.fasta)
-
-
-def _open_fasta(path: str, option: str):
-    if not os.path.exists(path):
-        raise CLIError(f"{option}: file {path!r} does not exist")
-    if os.path.isdir(path):
-        raise CLIError(f"{option}: {path!r} is a folder, not a FASTA file")
-    import pyfaidx
-
-    try:
-        return pyfaidx.Fasta(path, sequence_always_upper=False, rebuild=False)
-    except Exception as e:  # pyfaidx raises many types (FastaIndexingError, ValueError, OSError)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CLIError(f"{option}: cannot read {path!r} as FASTA (pyfaidx: {msg})") from None
-
-
-def _parse_bed(path: str) -> List[Tuple[int, str, int, int, str, str]]:
-    """(line number, chrom, start, end, name, strand) of each BED record."""
-    if not os.path.exists(path):
-        raise CLIError(f"--bed: file {path!r} does not exist")
-    out = []
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"  # gzip (and bgzip) magic: read transparently
-    try:
-        fh = gzip.open(path, "rt") if gz else open(path)
-    except OSError as e:
-        raise CLIError(f"--bed: cannot read {path!r}: {_first_line(e)}") from None
-    with fh:
-        try:
-            lines = list(fh)
-        except (OSError, EOFError, UnicodeDecodeError) as e:
-            raise CLIError(f"--bed: cannot read {path!r} as {'gzipped ' if gz else ''}text: {_first_line(e)}") from None
-        for lineno, line in enumerate(lines, 1):
-            s = line.strip()
-            if not s or s.startswith(("#", "track", "browser")):
-                continue
-            f = s.split("\t") if "\t" in s else s.split()
-            if len(f) < 3:
-                raise CLIError(f"--bed: {path}:{lineno}: expected at least 3 columns (chrom, start, end)")
-            try:
-                start, end = int(f[1]), int(f[2])
-            except ValueError:
-                raise CLIError(f"--bed: {path}:{lineno}: start and end must be integers, got {f[1]!r}, {f[2]!r}") from None
-            if start < 0 or end < start:
-                raise CLIError(f"--bed: {path}:{lineno}: invalid interval {f[0]}:{start}-{end}")
-            name = f[3] if len(f) > 3 and f[3] not in ("", ".") else f"{f[0]}:{start}-{end}"
-            strand = f[5] if len(f) > 5 else "."
-            if strand not in ("+", "-", "."):
-                raise CLIError(f"--bed: {path}:{lineno}: strand must be +, - or ., got {strand!r}")
-            out.append((lineno, f[0], start, end, name, strand))
-    if not out:
-        raise CLIError(f"--bed: {path!r} has no intervals")
-    return out
-
-
-def read_regions(fasta: Optional[str] = None, bed: Optional[str] = None, genome: Optional[str] = None,
-                 width: Optional[int] = None) -> _Regions:
-    """Regions from a FASTA file of sequences, or from a BED file and a genome FASTA.
-
-    All regions must have one length: pass ``width`` to resize BED intervals around their
-    centres. Every interval is checked against the genome (chromosome present, inside it) before
-    anything is computed.
-
-    Args:
-        fasta: FASTA file whose records are the sequences (names = record names). Default None.
-        bed: BED file (chrom, start, end[, name, score, strand]; 0-based, half-open). Default None.
-        genome: genome FASTA for ``bed``. Default None.
-        width: resize BED intervals to this width around their centres. Default None.
-
-    Returns:
-        A region set with ``table`` (name, chrom, start, end, strand), ``seq_len`` and
-        ``fetch(indices)``.
-
-    Raises:
-        CLIError: missing or unreadable files, unknown chromosomes, intervals outside a
-            chromosome, unequal lengths.
-    """
-    import pandas as pd
-
-    if (fasta is None) == (bed is None):
-        raise CLIError("give the sequences either as --fasta FILE or as --bed FILE --genome FASTA")
-    if fasta is not None:
-        if genome is not None or width is not None:
-            raise CLIError("--genome and --width go with --bed, not with --fasta")
-        fa = _open_fasta(fasta, "--fasta")
-        names = list(fa.keys())
-        if not names:
-            raise CLIError(f"--fasta: {fasta!r} has no sequences")
-        lengths = [len(fa[n]) for n in names]
-        table = pd.DataFrame({"name": names, "chrom": names, "start": 0, "end": lengths, "strand": "+"})
-        if len(set(lengths)) > 1:
-            j = next(i for i, n in enumerate(lengths) if n != lengths[0])
-            raise CLIError(
-                f"--fasta: sequences must all have the same length: {names[0]!r} has {lengths[0]} bp, "
-                f"{names[j]!r} has {lengths[j]} bp"
-            )
-        return _Regions(table, fa, "fasta", {"fasta": os.path.abspath(fasta)})
-
-    if genome is None:
-        raise CLIError("--bed needs --genome FASTA (the genome the intervals refer to)")
-    records = _parse_bed(bed)
-    fa = _open_fasta(genome, "--genome")
-    chrom_len = {k: len(fa[k]) for k in fa.keys()}
-    rows = []
-    for lineno, chrom, start, end, name, strand in records:
-        if chrom not in chrom_len:
-            known = ", ".join(list(chrom_len)[:5]) + (", ..." if len(chrom_len) > 5 else "")
-            raise CLIError(f"--bed: {bed}:{lineno}: unknown chromosome {chrom!r} (the genome has {known})")
-        if width is not None:
-            centre = (start + end) // 2
-            start = centre - width // 2
-            end = start + width
-            if start < 0:
-                raise CLIError(
-                    f"--bed: {bed}:{lineno}: {chrom}:{start}-{end} (resized to --width {width}) starts before "
-                    f"the beginning of {chrom}"
-                )
-        if end > chrom_len[chrom]:
-            raise CLIError(
-                f"--bed: {bed}:{lineno}: interval {chrom}:{start}-{end} runs past the end of {chrom} "
-                f"(length {chrom_len[chrom]})"
-            )
-        rows.append((name, chrom, start, end, strand))
-    table = pd.DataFrame(rows, columns=["name", "chrom", "start", "end", "strand"])
-    lengths = (table["end"] - table["start"]).to_numpy()
-    if (lengths != lengths[0]).any():
-        j = int(np.flatnonzero(lengths != lengths[0])[0])
-        raise CLIError(
-            f"--bed: intervals must all have the same length ({table.name[0]!r} is {lengths[0]} bp, "
-            f"{table.name[j]!r} is {lengths[j]} bp); pass --width to resize them around their centres"
-        )
-    if lengths[0] == 0:
-        raise CLIError("--bed: the intervals are empty (length 0)")
-    info = {"bed": os.path.abspath(bed), "genome": os.path.abspath(genome), "width": width}
-    return _Regions(table, fa, "bed", info)
-
-
-# ---------------------------------------------------------------------------------------------
-# models
-# ---------------------------------------------------------------------------------------------
-class ExportedModule:
-    """Marker base so isinstance checks can find wrapped ``torch.export`` programs."""
-
-
-def _wrap_exported(gm: Any) -> Any:
-    import torch
-
-    class _Exported(torch.nn.Module, ExportedModule):
-        """A ``torch.export`` program as a module: its graph is fixed in the mode it was
-        exported in, so ``train``/``eval`` only set the flag (the program refuses them)."""
-
-        def __init__(self, module: Any):
-            super().__init__()
-            self.program = module
-
-        def train(self, mode: bool = True):
-            self.training = mode
-            return self
-
-        def forward(self, x):
-            return self.program(x)
-
-    return _Exported(gm)
-
-
-@contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    import logging
-
-    logger = logging.getLogger(name)
-    old = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(old)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def load_model(spec: str) -> Tuple[Any, Dict[str, Any]]:
-    """Load ``-m/--model``: TorchScript file, ``.pt2`` export, gReLU ``.ckpt``, or ``module:function``.
-
-    Args:
-        spec: a path, or ``module.sub:function`` / ``file.py:function`` naming a function that
-            takes no arguments and returns the model.
-
-    Returns:
-        The model (on the CPU, in eval mode) and a dict identifying it (kind, and the file's
-        sha256 or the reference) for the results file.
-
-    Raises:
-        CLIError: the file is missing or cannot be read as that kind of model, or the function
-            cannot be imported or does not return a callable.
-    """
-    import torch
-
-    if os.path.exists(spec) and not os.path.isdir(spec):
-        ext = os.path.splitext(spec)[1].lower()
-        ident = {"kind": None, "sha256": _sha256(spec), "path": os.path.abspath(spec)}
-        if ext == ".ckpt":
-            ident["kind"] = "grelu-checkpoint"
-            try:
-                from grelu.lightning import LightningModel  # optional: only when gReLU is installed
-            except ImportError:
-                raise CLIError(
-                    f"--model: {spec!r} is a gReLU checkpoint, but gReLU is not installed (pip install "
-                    "gReLU), or export the model to TorchScript/torch.export"
-                ) from None
-            try:
-                model = LightningModel.load_from_checkpoint(spec, map_location="cpu")
-            except Exception as e:
-                raise CLIError(f"--model: cannot load gReLU checkpoint {spec!r}: {_first_line(e)}") from None
-        elif ext == ".pt2":
-            ident["kind"] = "torch.export"
-            try:
-                with _quiet_logger("torch.export"):  # it logs a traceback before raising
-                    model = _wrap_exported(torch.export.load(spec).module())
-            except Exception as e:
-                raise CLIError(f"--model: cannot read {spec!r} as a torch.export program (.pt2): {_first_line(e)}") from None
-        else:
-            ident["kind"] = "torchscript"
-            try:
-                model = torch.jit.load(spec, map_location="cpu")
-            except Exception as e:
-                raise CLIError(
-                    f"--model: cannot read {spec!r} as a TorchScript file (torch.jit.save): {_first_line(e)}; "
-                    "for other models pass module:function"
-                ) from None
-        if isinstance(model, torch.nn.Module) and not isinstance(model, ExportedModule):
-            model.eval()
-        ident["weights"] = _weights_fingerprint(model)
-        return model, ident
-    if os.path.isdir(spec):
-        raise CLIError(f"--model: {spec!r} is a folder, not a model file")
-    if ":" not in spec:
-        raise CLIError(f"--model: file {spec!r} does not exist (nor is it a module:function reference)")
-    target, _, func_name = spec.rpartition(":")
-    if not target or not func_name.isidentifier():
-        raise CLIError(f"--model: {spec!r} is neither an existing file nor a module:function reference")
-    try:
-        if target.endswith(".py"):
-            if not os.path.exists(target):
-                raise CLIError(f"--model: file {target!r} does not exist")
-            mod_spec = importlib.util.spec_from_file_location(f"_basewise_model_{abs(hash(target))}", target)
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            if os.getcwd() not in sys.path and "" not in sys.path:
-                sys.path.insert(0, os.getcwd())  # like `python -m`: modules in the working folder
-            module = importlib.import_module(target)
-    except CLIError:
-        raise
-    except Exception as e:
-        raise CLIError(f"--model: cannot import {target!r}: {type(e).__name__}: {_first_line(e)}") from None
-    fn = getattr(module, func_name, None)
-    if fn is None or not callable(fn):
-        raise CLIError(f"--model: {target!r} has no function {func_name!r}")
-    try:
-        model = fn()
-    except Exception as e:
-        raise CLIError(f"--model: {spec}() raised {type(e).__name__}: {_first_line(e)}") from None
-    if not callable(model):
-        raise CLIError(f"--model: {spec}() returned {type(model).__name__}, not a model (a callable module)")
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    # identified by what it computes: the function's module (so ./mymodels.py:build and
-    # mymodels:build are the same model) and a content digest of its weights (a weights file
-    # replaced between an interrupted run and its resume is refused)
-    stem = os.path.splitext(os.path.basename(target))[0] if target.endswith(".py") else target.rpartition(".")[2]
-    return model, {"kind": "function", "function": f"{stem}:{func_name}", "reference": spec,
-                   "weights": _weights_fingerprint(model)}
-
-
-def _weights_fingerprint(model: Any) -> Optional[str]:
-    """Content digest of a model's parameters and buffers (None for a plain callable)."""
-    import torch
-
-    from ._model import tensor_digest
-
-    if not isinstance(model, torch.nn.Module):
-        return None
-    return tensor_digest([t for _, t in model.named_parameters()] + [t for _, t in model.named_buffers()])
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+CLIError = RunError  # a user error: printed as one line, exit code 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,8 +73,8 @@ def _index_list(text: Optional[str], option: str, allow_names: bool = False) -> 
     return out
 
 
-def _build_transform(args: argparse.Namespace, model: Any):
-    """An Aggregate from the transform options, or None when none is given."""
+def _transform_options(args: argparse.Namespace) -> Optional[Dict[str, Any]]:
+    """The Aggregate options of the transform flags (None when none is given)."""
     opts = dict(
         tasks=_index_list(args.tasks, "--tasks", allow_names=True),
         except_tasks=_index_list(args.except_tasks, "--except-tasks", allow_names=True),
@@ -410,14 +83,7 @@ def _build_transform(args: argparse.Namespace, model: Any):
         task_aggfunc=args.task_aggfunc,
         weight=args.weight,
     )
-    if all(v is None for v in opts.values()):
-        return None, None
-    from .transforms import Aggregate
-
-    try:
-        return Aggregate(model=model, **opts), opts
-    except (ValueError, IndexError, AssertionError) as e:
-        raise CLIError(f"transform options: {_first_line(e)}") from None
+    return None if all(v is None for v in opts.values()) else opts
 
 
 def _parse_devices(text: str):
@@ -436,186 +102,59 @@ def _dtype(name: Optional[str]):
                                        "bfloat16": torch.bfloat16, "float64": torch.float64}[name]
 
 
-# ---------------------------------------------------------------------------------------------
-# the chunked, resumable run
-# ---------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM (a batch scheduler stopping the job) into KeyboardInterrupt while running,
-    so the results file is flushed and closed."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except (ValueError, OSError):  # not the main thread, or no signals on this platform
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+def _ray_options(args) -> Dict[str, Any]:
+    if args.ray is None:
+        if args.workers is not None or args.threads_per_worker is not None:
+            raise CLIError("--workers/--threads-per-worker: these go with --ray")
+        return {}
+    return {"ray": args.ray, "workers": args.workers, "threads_per_worker": args.threads_per_worker}
 
 
-def _probe(model, transform, regions: _Regions, start: int, devices) -> None:
-    """One reference and 3 mutants of the first region through the model and the transform,
-    before the output file is created: model/input/transform mismatches fail here, in a second."""
-    seq = regions.fetch(np.array([0]))
-    try:
-        _probe_ism(seq, model, prediction_transform=transform, start_pos=start, end_pos=start + 1,
-                    devices=devices, engine="full", progress=False, return_df=False)
-    except Exception as e:  # anything the model raises on these inputs is a user-level mismatch
-        raise CLIError(
-            f"--model: it cannot score the regions ({regions.seq_len} bp) with these options: "
-            f"{type(e).__name__}: {_first_line(e)}"
-        ) from None
-
-
-def _run_chunks(args, regions: _Regions, kind: str, arguments: Dict[str, Any], compute: Callable,
-                out=None) -> int:
-    """Compute ``compute(seqs) -> (n, ...) array`` chunk by chunk into the results file."""
-    from tqdm.auto import tqdm
-
-    from .results import ResultsMismatchError, ResultsWriter
-    from .sequence import to_indices
-
-    out = sys.stdout if out is None else out
-    if os.path.exists(args.output) and os.path.isdir(args.output):
-        raise CLIError(f"--output: {args.output!r} is a folder")
-    parent = os.path.dirname(os.path.abspath(args.output))
-    if not os.path.isdir(parent):
-        raise CLIError(f"--output: folder {parent!r} does not exist")
-    try:
-        writer = ResultsWriter(
-            args.output, kind, regions.table, regions.seq_len, arguments, overwrite=args.overwrite,
-            chunk_regions=args.chunk_size, compression=None if args.compression == "none" else args.compression,
-            info={"command_line": args.command_line, "inputs": regions.info, "model": args.model},
-        )
-    except ResultsMismatchError as e:
-        raise CLIError(f"--output: {_first_line(e)} (--overwrite)") from None
-    except OSError as e:
-        raise CLIError(f"--output: {_first_line(e)}") from None
-    n = len(regions)
-    with writer, _sigterm_as_interrupt():
-        todo = writer.todo()
-        already = n - len(todo)
-        if writer.resumed and not args.quiet:
-            print(f"basewise {kind}: resuming {args.output}: {already} of {n} regions already done",
-                  file=sys.stderr)
-        bar = tqdm(total=n, initial=already, unit="region", file=sys.stderr, disable=args.quiet,
-                   dynamic_ncols=True, desc=f"basewise {args.command}", smoothing=0.1)
+def _check_ray_installed(args) -> None:
+    if args.ray is not None:
         try:
-            for s in range(0, len(todo), args.chunk_size):
-                idx = todo[s : s + args.chunk_size]  # (n,) increasing
-                seqs = regions.fetch(idx)
-                scores = compute(seqs)
-                writer.write(idx, to_indices(seqs), scores)
-                bar.update(len(idx))
-        except KeyboardInterrupt:
-            bar.close()
-            done = int(writer.done.sum())
-            print(f"basewise {kind}: interrupted; {done} of {n} regions are saved in {args.output}; "
-                  "run the same command again to resume", file=sys.stderr)
-            return 130
-        finally:
-            bar.close()
-        shape = writer._f["scores"].shape if "scores" in writer._f else None
-        dtype = writer._f["scores"].dtype if shape else None
-    print(f"basewise {kind}: {n} regions -> {args.output} (scores {shape} {dtype}; "
-          f"{n - already} computed now, {already} resumed)", file=out)
-    return 0
-
-
-def _common_arguments(args, model_ident, transform_opts) -> Dict[str, Any]:
-    return {"command": args.command, "model": model_ident_for_compare(model_ident), "transform": transform_opts}
-
-
-def model_ident_for_compare(ident: Dict[str, Any]) -> Dict[str, Any]:
-    """The part of a model's identity that must match on resume: what it computes (kind, file
-    digest, function, weights digest), not how it was named (path, reference text)."""
-    return {k: v for k, v in ident.items() if k not in ("path", "reference")}
+            import ray  # noqa: F401
+        except ImportError:  # pragma: no cover - tested by hiding the module
+            raise CLIError('--ray: Ray is not installed; pip install "basewise[ray]"') from None
 
 
 def _cmd_ism(args) -> int:
-    from .ism import ISM_predict
-
-    regions = read_regions(args.fasta, args.bed, args.genome, args.width)
-    L = regions.seq_len
-    start = args.start_pos
-    end = L if args.end_pos is None else args.end_pos
-    if not 0 <= start < end <= L:
-        raise CLIError(f"--start-pos/--end-pos: expected 0 <= start < end <= {L} (the sequence length), got {start}, {end}")
-    model, ident = load_model(args.model)
-    transform, topts = _build_transform(args, model)
-    devices = _parse_devices(args.devices)
-    dtype = _dtype(args.dtype)
-    arguments = _common_arguments(args, ident, topts)
-    arguments.update(start_pos=start, end_pos=end, compare_func=args.compare, dtype=args.dtype)
-
-    _probe(model, transform, regions, start, devices)
-
-    def compute(seqs: List[str]) -> np.ndarray:
-        return ISM_predict(
-            seqs, model, prediction_transform=transform, start_pos=start, end_pos=end,
-            compare_func=args.compare, devices=devices, batch_size=args.batch_size, return_df=False,
-            engine=args.engine, progress=False, dtype=dtype,
-        )  # (n, P, 4, T, L_out) float32
-
-    return _run_guarded(args, regions, "ism", arguments, compute)
+    _check_ray_installed(args)
+    r = ism_regions(
+        args.model, args.bed, args.genome, args.output, fasta=args.fasta, width=args.width,
+        transform_options=_transform_options(args), start_pos=args.start_pos, end_pos=args.end_pos,
+        compare_func=args.compare, devices=_parse_devices(args.devices), batch_size=args.batch_size,
+        engine=args.engine, dtype=_dtype(args.dtype), chunk_size=args.chunk_size, overwrite=args.overwrite,
+        compression=None if args.compression == "none" else args.compression, progress=False if args.quiet else None,
+        _info={"command_line": args.command_line}, _log=_logger(args, "ism"), **_ray_options(args),
+    )
+    return _report(args, "ism", r)
 
 
 def _cmd_attribute(args) -> int:
-    regions = read_regions(args.fasta, args.bed, args.genome, args.width)
-    model, ident = load_model(args.model)
-    if args.method == "deepshap" and ident["kind"] in ("torchscript", "torch.export"):
-        raise CLIError(
-            f"--method deepshap: a {ident['kind']} model hides its layers (nn.ReLU, ...) from DeepLIFT's "
-            "rules, so it would be explained as if it were linear; pass the model as module:function "
-            "(or a gReLU .ckpt), or use another --method"
-        )
-    transform, topts = _build_transform(args, model)
-    try:
-        from .attribution import get_attributions
-    except ImportError as e:  # pragma: no cover - attribution.py is part of the package
-        raise CLIError(f"attribute: get_attributions is unavailable: {_first_line(e)}") from None
-    kwargs: Dict[str, Any] = {}
-    if args.target is not None:
-        kwargs["target"] = args.target
-    if args.batch_size is not None:
-        kwargs["batch_size"] = args.batch_size
-    arguments = _common_arguments(args, ident, topts)
-    arguments.update(method=args.method, hypothetical=args.hypothetical, correct_grad=args.correct_grad,
-                     n_shuffles=args.n_shuffles, seed=args.seed, target=args.target)
-    device = _parse_devices(args.device)
-    _probe(model, transform, regions, 0, device)
-
-    def compute(seqs: List[str]) -> np.ndarray:
-        a = get_attributions(
-            model, seqs, prediction_transform=transform, device=device, method=args.method,
-            correct_grad=args.correct_grad, hypothetical=args.hypothetical, n_shuffles=args.n_shuffles,
-            seed=args.seed, **kwargs,
-        )
-        return np.asarray(a)  # (n, 4, L)
-
-    return _run_guarded(args, regions, "attribution", arguments, compute)
+    _check_ray_installed(args)
+    r = attribute_regions(
+        args.model, args.bed, args.genome, args.output, fasta=args.fasta, width=args.width,
+        transform_options=_transform_options(args), method=args.method, hypothetical=args.hypothetical,
+        correct_grad=args.correct_grad, n_shuffles=args.n_shuffles, seed=args.seed, target=args.target,
+        batch_size=args.batch_size, device=_parse_devices(args.device), chunk_size=args.chunk_size,
+        overwrite=args.overwrite, compression=None if args.compression == "none" else args.compression,
+        progress=False if args.quiet else None, _info={"command_line": args.command_line},
+        _log=_logger(args, "attribution"), **_ray_options(args),
+    )
+    return _report(args, "attribution", r)
 
 
-def _run_guarded(args, regions, kind, arguments, compute) -> int:
-    """Run the chunks; scoring errors caused by the inputs or options become one-line errors."""
-    import warnings
+def _logger(args, kind: str) -> Callable[[str], None]:
+    return (lambda msg: None) if args.quiet else (lambda msg: print(f"basewise {kind}: {msg}", file=sys.stderr))
 
-    from .sequence import SequenceInputError
 
-    try:
-        with warnings.catch_warnings():
-            if args.quiet:
-                warnings.simplefilter("ignore")
-            return _run_chunks(args, regions, kind, arguments, compute)
-    except (SequenceInputError, ValueError, NotImplementedError, IndexError) as e:
-        if isinstance(e, CLIError):
-            raise
-        raise CLIError(f"{args.command}: {type(e).__name__}: {_first_line(e)}") from e
+def _report(args, kind: str, results) -> int:
+    with results as r:
+        s = r.run_summary
+    print(f"basewise {kind}: {s['total']} regions -> {args.output} (scores {s['shape']} {s['dtype']}; "
+          f"{s['computed']} computed now, {s['resumed']} resumed)")
+    return 0
 
 
 def _cmd_modisco(args) -> int:
@@ -684,6 +223,14 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compression", choices=["gzip", "lzf", "none"], default="gzip",
                    help="HDF5 compression (default gzip, readable everywhere)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, messages or warnings")
+    r = p.add_argument_group("scale-out on Ray (pip install \"basewise[ray]\")")
+    r.add_argument("--ray", metavar="ADDRESS", default=None,
+                   help="run on Ray: 'local' (a Ray instance on this machine on 127.0.0.1, stopped after), "
+                        "'auto' (the running cluster; also via RAY_ADDRESS) or ray://host:port")
+    r.add_argument("--workers", type=_positive, default=None, metavar="N",
+                   help="model replicas (default: one per GPU; without GPUs, CPUs // threads-per-worker)")
+    r.add_argument("--threads-per-worker", type=_positive, default=None, metavar="T",
+                   help="torch threads per worker (default 2 on CPU workers; CPUs per GPU, at most 8, on GPU workers)")
     t = p.add_argument_group("prediction transform (like gReLU's Aggregate)")
     t.add_argument("--tasks", metavar="LIST", help="output tasks to keep, e.g. 0,3,5:8 (names for .ckpt models)")
     t.add_argument("--except-tasks", metavar="LIST", help="output tasks to drop")
@@ -766,10 +313,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["basewise"] + [str(a) for a in (sys.argv[1:] if argv is None else argv)])
     try:
+        if args.command in ("ism", "attribute") and args.quiet:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return _COMMANDS[args.command](args)
         return _COMMANDS[args.command](args)
     except CLIError as e:
         print(f"basewise {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunInterrupted as e:
+        print(f"basewise {args.command}: interrupted; {e.done} of {e.total} regions are saved in {e.path}; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"basewise {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,229 @@
+"""Region runs on a Ray cluster: model replicas as actors, a single writer at the driver.
+
+Design (issue "Past one machine"):
+
+* **Workers.** Each replica is a Ray actor that loads the model once (from its ``-m`` spec, or
+  from Ray's object store where a model object was put once), builds its transform and, on first
+  use, the incremental plan (cached in the actor's process, reused for every chunk), and scores
+  chunks of regions. It reads the FASTA itself (the cluster shares a filesystem), so the driver
+  ships only region indices and receives (indices, one-hot indices, scores) back. GPU actors
+  (``num_gpus=1``) when the cluster has GPUs.
+* **One results file, nothing lost.** The driver is the only writer: each finished chunk is
+  written (and flushed) by :class:`basewise.results.ResultsWriter` as it arrives, in any order.
+  Actors are created with ``max_restarts=-1, max_task_retries=-1``: a worker killed at any moment
+  (SIGKILL, node lost) costs only the chunks it held, which Ray re-runs on the restarted actor
+  (on another node if its node is gone); a chunk whose actor cannot come back is handed to another
+  actor. The driver killed at any moment leaves a file with every written chunk marked done, which
+  the same command resumes. Results do not depend on the layout: a chunk is the same regions and
+  the same calls whichever worker computes it.
+* **Loopback only for local instances.** ``ray="local"`` starts Ray with
+  ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (set only while Ray starts) and
+  ``_node_ip_address="127.0.0.1"``: measured with Ray 2.60, the head then listens on 127.0.0.1
+  only (without the variable Ray replaces 127.0.0.1 by the machine's network address).
+* **Resources.** An actor asks for ``min(threads, CPUs / workers)`` CPUs (fractional), so that
+  actors never claim more CPUs than the cluster has (on 2 CPUs a pipeline whose actors claim
+  every CPU can deadlock); each sets its own torch thread count in its own process.
+* **Defaults.** ``workers``: one per GPU of the cluster; without GPUs, ``CPUs // threads`` (at
+  least 1). ``threads_per_worker``: on CPU workers 2; on GPU workers CPUs per GPU, at most 8.
+
+Capacity at 1,000 GPUs: the writer receives scores only (a Basset-like ISM region at L = 1,000
+with 164 tasks aggregated to 1 is 16 kB; unaggregated profiles are MBs), so it saturates at the
+HDF5 write rate (measured in ``benchmarks/bench_scale.py``: hundreds of MB/s with lzf, less with
+gzip). When ``regions/s x bytes/region`` nears that (e.g. 1,000 GPUs x 30 regions/s x 1 MB), the
+next step is one results file per worker plus a virtual dataset (HDF5 VDS) stitching them, or
+compressing in the workers; the chunk protocol here stays the same.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import os
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import numpy as np
+
+from .runs import RegionJob, RunError
+
+__all__ = ["RayRunner", "start_local_ray"]
+
+_IN_FLIGHT = 2  # chunks queued per actor: one computing, one waiting (hides the round trip)
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RunError('--ray: Ray is not installed; pip install "basewise[ray]"') from None
+    return ray
+
+
+@contextlib.contextmanager
+def _loopback_env() -> Iterator[None]:
+    """While a local Ray instance starts: make Ray keep 127.0.0.1 as its node address."""
+    old = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+        else:
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = old
+
+
+def start_local_ray(num_cpus: Optional[int] = None, num_gpus: Optional[int] = None) -> None:
+    """Start a Ray instance on this machine that listens on 127.0.0.1 only.
+
+    Example:
+        >>> start_local_ray(num_cpus=1)  # doctest: +SKIP
+    """
+    ray = _import_ray()
+    with _loopback_env():
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False, configure_logging=False)
+
+
+def _connect(address: Any) -> bool:
+    """Connect to Ray as ``address`` says; returns True when this call started it (stop it after)."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        return False
+    if address is True:
+        address = "auto" if os.environ.get("RAY_ADDRESS") else "local"
+    if not isinstance(address, str) or not (address in ("local", "auto") or address.startswith("ray://")
+                                            or ":" in address):
+        raise RunError(f"--ray: expected 'local', 'auto' or a ray://host:port address, got {address!r}")
+    try:
+        if address == "local":
+            start_local_ray()
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
+        raise RunError(f"--ray: cannot connect to Ray at {address!r}: {type(e).__name__}: "
+                       f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}") from None
+    return True
+
+
+class _Worker:
+    """A model replica (a Ray actor): loads the model once, scores chunks of regions."""
+
+    def __init__(self, job: RegionJob, model: Any, threads: int, gpu: bool) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))  # this actor's own process
+        if model is not None:
+            job = dataclasses.replace(job, model=model)
+        kw = dict(job.score_kwargs)
+        if job.kind == "ism":
+            kw["devices"] = 0 if gpu else "cpu"
+        else:
+            kw["device"] = "cuda" if gpu else "cpu"
+        self.job = dataclasses.replace(job, score_kwargs=kw).prepare()
+
+    def score(self, idx: np.ndarray):
+        return self.job.score(idx)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayRunner:
+    """Runs a :class:`~basewise.runs.RegionJob`'s chunks on Ray actors, writing at the driver.
+
+    Args:
+        job: the job (its model object, if any, is put in the object store once).
+        address: ``"local"``, ``"auto"``, ``True`` or a ``ray://`` address.
+        workers: number of actors. Default None (see the module docstring).
+        threads_per_worker: torch threads per actor. Default None (see the module docstring).
+    """
+
+    def __init__(self, job: RegionJob, address: Any, *, workers: Optional[int] = None,
+                 threads_per_worker: Optional[int] = None) -> None:
+        for name, v in (("--workers", workers), ("--threads-per-worker", threads_per_worker)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+                raise RunError(f"{name}: expected a positive integer, got {v!r}")
+        ray = _import_ray()
+        self.ray = ray
+        self.started = _connect(address)
+        try:
+            res = ray.cluster_resources()
+            cpus = float(res.get("CPU", 1.0))
+            gpus = int(res.get("GPU", 0))
+            self.gpu = gpus > 0
+            if threads_per_worker is None:
+                threads_per_worker = max(1, min(8, int(cpus // gpus))) if self.gpu else 2
+            if workers is None:
+                workers = gpus if self.gpu else max(1, int(cpus // threads_per_worker))
+            self.n_workers = int(workers)
+            cpu_each = max(0.01, min(float(threads_per_worker), cpus / self.n_workers))
+            model_ref = None
+            # an Aggregate built from options is rebuilt in each worker (it may hold the model)
+            transform = None if job.transform_options else job.transform
+            if job.model_spec is None:
+                model_ref = ray.put(job.model)  # once: every actor reads it from the object store
+            wjob = dataclasses.replace(job, model=None, transform=transform)
+            actor_cls = ray.remote(_Worker).options(
+                num_cpus=cpu_each, num_gpus=1 if self.gpu else 0, max_restarts=-1, max_task_retries=-1)
+            self.actors = [actor_cls.remote(wjob, model_ref, threads_per_worker, self.gpu)
+                           for _ in range(self.n_workers)]
+            self.threads = threads_per_worker
+        except RunError:
+            self.close()
+            raise
+        except Exception as e:  # noqa: BLE001
+            self.close()
+            raise RunError(f"--ray: cannot start the workers: {type(e).__name__}: {e}") from None
+
+    def run(self, chunks: List[np.ndarray], write: Callable[[np.ndarray, np.ndarray, np.ndarray], None]) -> None:
+        """Score ``chunks`` on the actors; ``write`` each result here as it arrives."""
+        ray = self.ray
+        queue = collections.deque(range(len(chunks)))
+        pending: Dict[Any, tuple] = {}  # future -> (chunk number, actor)
+        load = {id(a): 0 for a in self.actors}
+        alive = list(self.actors)
+        failures = collections.Counter()
+        while queue or pending:
+            for a in list(alive):
+                while queue and load[id(a)] < _IN_FLIGHT:
+                    k = queue.popleft()
+                    pending[a.score.remote(chunks[k])] = (k, a)
+                    load[id(a)] += 1
+            if not pending:
+                raise RunError("--ray: no worker is left to run the remaining chunks")
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for f in ready:
+                k, a = pending.pop(f)
+                load[id(a)] -= 1
+                try:
+                    idx, indices, scores = ray.get(f)
+                except ray.exceptions.RayTaskError as e:  # the scoring itself raised: a user error
+                    cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
+                    if isinstance(cause, (ValueError, NotImplementedError, IndexError)):
+                        raise RunError(f"{type(cause).__name__}: {str(cause).splitlines()[0]}") from None
+                    raise
+                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
+                        ray.exceptions.WorkerCrashedError):
+                    # Ray gave up on this actor (restarts are unlimited, so it is gone for good,
+                    # e.g. no node can host it): hand the chunk to the others
+                    failures[k] += 1
+                    if failures[k] > 5:
+                        raise RunError(f"--ray: chunk {k} failed on 5 workers; stopping") from None
+                    if a in alive and len(alive) > 1:
+                        alive.remove(a)
+                    queue.append(k)
+                    continue
+                write(idx, indices, scores)
+
+    def close(self) -> None:
+        """Stop the actors, and Ray itself when this runner started it."""
+        ray = self.ray
+        for a in getattr(self, "actors", []):
+            with contextlib.suppress(Exception):
+                ray.kill(a)
+        self.actors = []
+        if getattr(self, "started", False):
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            self.started = False
