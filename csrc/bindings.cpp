@@ -234,6 +234,15 @@ int device_count() {
 #endif
 }
 
+std::string kernel_problem(int device) {
+#ifdef BASEWISE_WITH_CUDA
+  return cuda_kernel_problem(device);
+#else
+  (void)device;
+  return "basewise was built without CUDA kernels (no nvcc at build time)";
+#endif
+}
+
 }  // namespace
 }  // namespace basewise
 
@@ -252,5 +261,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("build_info", &build_info, "What was compiled in.");
   m.def("advise_hugepages", &advise_hugepages,
         "madvise(MADV_HUGEPAGE) the aligned interior of a fresh CPU buffer (Linux).");
+  m.def("cuda_kernel_problem", &kernel_problem,
+        "'' when the CUDA kernels can run on this device index, else why not (no image for its "
+        "architecture, driver too old, built without CUDA).");
   m.def("device_count", &device_count, "CUDA devices seen by the native runtime (0 without CUDA).");
 }

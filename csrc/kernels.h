@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "checks.h"
 
@@ -114,6 +115,9 @@ void splice_windows_cuda(const SpliceArgs& a, int device, std::uintptr_t stream)
 void conv_delta_cuda(const ConvDeltaArgs& a, int device, std::uintptr_t stream);
 int cuda_runtime_version();
 int cuda_device_count();
+// "" when the kernels can run on `device`, else why not (no image for its architecture, a driver
+// too old for the runtime, ...). Restores the calling thread's current device.
+std::string cuda_kernel_problem(int device);
 #endif
 
 }  // namespace basewise

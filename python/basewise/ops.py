@@ -36,14 +36,20 @@ Example:
 
 import contextlib
 import math
+import os
+import threading
+import warnings
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch  # noqa: I001  (torch first: the extension then shares torch's OpenMP runtime)
 
-from . import _C
+from . import _C, _torch_ops
 
 __all__ = [
     "build_info",
+    "fallback_reason",
+    "FORCE_TORCH_OPS",
+    "KernelFallbackWarning",
     "enumerate_mutants",
     "mutate",
     "mutate_window",
@@ -67,6 +73,100 @@ COMPARE_KINDS: Dict[str, int] = {"subtract": 0, "divide": 1, "log2FC": 2}
 _INDEX_DTYPES = (torch.uint8, torch.int8)
 _HAS_CUDA_KERNELS = bool(_C.build_info()["cuda"])
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
+
+#: Run every op with its plain-PyTorch implementation (:mod:`basewise._torch_ops`) on every device
+#: instead of the native kernels: same results, slower; for tests and debugging. Set it here, or
+#: set the environment variable ``BASEWISE_TORCH_OPS=1`` before basewise is imported.
+FORCE_TORCH_OPS: bool = os.environ.get("BASEWISE_TORCH_OPS", "0").strip() not in ("", "0")
+
+
+class KernelFallbackWarning(UserWarning):
+    """Issued once per process when a CUDA device has no usable native kernels and basewise's
+    ops run as plain PyTorch there (same results, slower)."""
+
+
+_CUDA_PROBLEMS: Dict[int, str] = {}  # CUDA index -> "" (kernels run) or why they cannot
+_WARN_LOCK = threading.Lock()
+_WARNED = False
+
+_HOW_TO_GET_KERNELS = (
+    "To get the kernels, install a basewise wheel built by scripts/build_wheel.sh (kernels for "
+    "every GPU from Turing, sm_75, to Blackwell, sm_120), or rebuild from source where nvcc is "
+    "available: BASEWISE_CUDA_ARCHS={arch} pip install --no-build-isolation --force-reinstall "
+    "<basewise source>  (README, section 'GPU users')."
+)
+
+
+def fallback_reason(device: object) -> Optional[str]:
+    """Why basewise's ops run as plain PyTorch on ``device`` instead of its native kernels.
+
+    The native CPU kernels are always compiled in. On a CUDA device the kernels are used when
+    basewise was built with them, for that GPU's architecture (or with PTX it can JIT-compile),
+    and with a CUDA runtime its driver supports; this is probed once per device (no kernel is
+    launched). Otherwise every op falls back to an equivalent plain-PyTorch implementation with
+    the same results, and a :class:`KernelFallbackWarning` says (once) how to get the kernels.
+
+    Args:
+        device: a ``torch.device``, a device string such as ``"cuda:0"``, or a CUDA index.
+
+    Returns:
+        None when the native kernels run on ``device``, else the reason as a sentence.
+
+    Example:
+        >>> from basewise.ops import fallback_reason
+        >>> fallback_reason("cpu") is None or FORCE_TORCH_OPS
+        True
+    """
+    dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if FORCE_TORCH_OPS:
+        return "forced by basewise.ops.FORCE_TORCH_OPS (or BASEWISE_TORCH_OPS=1)"
+    if dev.type != "cuda":
+        return None
+    if not _HAS_CUDA_KERNELS:
+        return "basewise was built without CUDA kernels (no nvcc was found when it was built)"
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    problem = _CUDA_PROBLEMS.get(idx)
+    if problem is None:
+        with torch.cuda.device(idx):
+            problem = _C.cuda_kernel_problem(idx)
+        if problem:
+            problem = (f"{problem}; its CUDA kernels were compiled for {_C.build_info()['cuda_archs']}, "
+                       f"this GPU is {_gpu_arch(idx)}")
+        _CUDA_PROBLEMS[idx] = problem
+    return problem or None
+
+
+def _gpu_arch(idx: int) -> str:
+    try:
+        major, minor = torch.cuda.get_device_capability(idx)
+        return f"sm_{major}{minor}"
+    except Exception:  # pragma: no cover - no CUDA in this torch
+        return "of unknown architecture"
+
+
+def _warn_fallback(device: torch.device, reason: str) -> None:
+    global _WARNED
+    with _WARN_LOCK:
+        if _WARNED:
+            return
+        _WARNED = True
+    arch = _gpu_arch(device.index or 0).replace("sm_", "") + "-real" if device.type == "cuda" else "<arch>-real"
+    warnings.warn(
+        f"basewise: its native kernels cannot run on {device} ({reason}); its ops run as plain "
+        f"PyTorch there instead (same results, slower). " + _HOW_TO_GET_KERNELS.format(arch=arch),
+        KernelFallbackWarning, stacklevel=4)
+
+
+def _use_torch(t: Tensor) -> bool:
+    """Whether an op on ``t``'s device runs its plain-PyTorch implementation (warns once)."""
+    if t.device.type not in ("cpu", "cuda"):
+        _fail("device", f"must be cpu or cuda, got {t.device}")
+    reason = fallback_reason(t.device)
+    if reason is None:
+        return False
+    if not FORCE_TORCH_OPS:
+        _warn_fallback(t.device, reason)
+    return True
 
 
 def build_info() -> Dict[str, object]:
@@ -232,9 +332,6 @@ def _mutant_flags(mutants: Tensor, B: int, pos_lo: int, pos_hi: int,
 def _native(t: Tensor) -> Iterator[Tuple[int, int, int]]:
     """Yield (device index or -1 for CPU, stream handle, CPU thread count) for a native call."""
     if t.device.type == "cuda":
-        if not _HAS_CUDA_KERNELS:
-            _fail("device", f"is {t.device}, but basewise was built without CUDA kernels "
-                            "(reinstall with nvcc available, or WITH_CUDA=ON)")
         with torch.cuda.device(t.device):
             yield t.device.index, torch.cuda.current_stream(t.device).cuda_stream, 1
     elif t.device.type == "cpu":
@@ -281,6 +378,8 @@ def _enumerate_op(ref: Tensor, start: int, end: int) -> Tensor:
     _meta_enumerate(ref, start, end)
     r = _u8(ref)
     B, L = r.shape
+    if _use_torch(r):
+        return _torch_ops.enumerate_rows(r, start, end)
     with _native(r) as (dev, stream, nt):
         if dev < 0:
             M = _C.enumerate_count(r.data_ptr(), B, L, start, end)
@@ -364,6 +463,8 @@ def _mutate_op(ref: Tensor, mutants: Tensor, dtype: torch.dtype) -> Tensor:
     r, mu = _u8(ref), mutants.contiguous()
     B, L = r.shape
     M = mu.shape[0]
+    if _use_torch(r):
+        return _torch_ops.mutate(r, mu, None, L, dtype)
     out = _new_output((M, 4, L), dtype, r.device)
     with _native(r) as (dev, stream, nt):
         _C.mutate(dev, stream, r.data_ptr(), B, L, mu.data_ptr(), M, 0, L, out.data_ptr(), code, nt)
@@ -383,6 +484,8 @@ def _mutate_window_op(ref: Tensor, mutants: Tensor, offset: Tensor, width: int,
     r, mu, off = _u8(ref), mutants.contiguous(), offset.contiguous()
     B, L = r.shape
     M = mu.shape[0]
+    if _use_torch(r):
+        return _torch_ops.mutate(r, mu, off, width, dtype)
     out = _new_output((M, 4, width), dtype, r.device)
     if M and width:
         with _native(r) as (dev, stream, nt):
@@ -418,7 +521,9 @@ def _mutate_into_op(out: Tensor, ref: Tensor, mutants: Tensor, offset: Optional[
     off = offset.contiguous() if offset is not None else None
     B, L = r.shape
     M, W = out.shape[0], out.shape[2]
-    if M and W:
+    if M and W and _use_torch(r):
+        out.copy_(_torch_ops.mutate(r, mu, off, W, out.dtype))
+    elif M and W:
         with _native(r) as (dev, stream, nt):
             _C.mutate(dev, stream, r.data_ptr(), B, L, mu.data_ptr(), M,
                       off.data_ptr() if off is not None else 0, W, out.data_ptr(), code, nt)
@@ -564,6 +669,9 @@ def _meta_compare(preds: Tensor, ref: Tensor, kind: str) -> Tuple[int, int, int,
 def _compare_op(preds: Tensor, ref: Tensor, kind: str) -> None:
     B, Q, S, code = _meta_compare(preds, ref, kind)
     r = ref.contiguous()
+    if _use_torch(preds):
+        _torch_ops.compare_(preds, r, kind)
+        return
     with _native(preds) as (dev, stream, nt):
         _C.compare(dev, stream, preds.data_ptr(), r.data_ptr(), B, Q, S, code, nt)
 
@@ -630,6 +738,9 @@ def _scatter_op(out: Tensor, values: Tensor, mutants: Tensor, start: int) -> Non
     B, P = out.shape[0], out.shape[1]
     S = _numel(out.shape[3:])
     v, mu = values.contiguous(), mutants.contiguous()
+    if _use_torch(out):
+        _torch_ops.scatter_(out, v, mu, start)
+        return
     with _native(out) as (dev, stream, nt):
         _C.scatter(dev, stream, out.data_ptr(), v.data_ptr(), mu.data_ptr(), B, P, S, mu.shape[0],
                    start, code, nt)
@@ -703,6 +814,9 @@ def _fill_reference_op(out: Tensor, ref_preds: Tensor, ref: Tensor, start: int) 
     B, P = out.shape[0], out.shape[1]
     S = _numel(out.shape[3:])
     rp, r = ref_preds.contiguous(), _u8(ref)
+    if _use_torch(out):
+        _torch_ops.fill_reference_(out, rp, r, start)
+        return
     with _native(out) as (dev, stream, nt):
         _C.fill_reference(dev, stream, out.data_ptr(), rp.data_ptr(), r.data_ptr(), B, P, S,
                           r.shape[1], start, code, nt)
@@ -786,6 +900,8 @@ def _gather_windows_op(x: Tensor, seq_idx: Tensor, offset: Tensor, width: int) -
         _fail("width", f"must be >= 0, got {width}")
     xc, si, off = x.contiguous(), seq_idx.contiguous(), offset.contiguous()
     B, C, Lx = xc.shape
+    if _use_torch(xc):
+        return _torch_ops.gather_windows(xc, si, off, width)
     out = _new_output((M, C, width), x.dtype, x.device)
     if out.numel():
         with _native(xc) as (dev, stream, nt):
@@ -852,6 +968,8 @@ def _splice_windows_op(x: Tensor, seq_idx: Tensor, offset: Tensor, windows: Tens
     M = _meta_splice(x, seq_idx, offset, windows)
     xc, si, off, wc = x.contiguous(), seq_idx.contiguous(), offset.contiguous(), windows.contiguous()
     B, C, Lx = xc.shape
+    if _use_torch(xc):
+        return _torch_ops.splice_windows(xc, si, off, wc)
     out = _new_output((M, C, Lx), x.dtype, x.device)
     if out.numel():
         with _native(xc) as (dev, stream, nt):
@@ -932,6 +1050,9 @@ def _conv_delta_op(pre: Tensor, weight: Tensor, mutants: Tensor, ref: Tensor, ou
     M, Cout, W = pre.shape
     K = w.shape[2]
     B, L = r.shape
+    if _use_torch(pre):
+        _torch_ops.conv_delta_(pre, w, mu, r, off, stride, padding, dilation)
+        return
     with _native(pre) as (dev, stream, nt):
         _C.conv_delta(dev, stream, pre.data_ptr(), w.data_ptr(), mu.data_ptr(), r.data_ptr(),
                       off.data_ptr(), M, Cout, W, K, B, L, stride, padding, dilation, code, nt)
