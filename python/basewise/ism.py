@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 import warnings
@@ -60,6 +61,9 @@ class FullPredictor:
         forward: callable mapping one-hot (N, 4, L) in ``dtype`` to (N, T, L_out).
         ref_idx: base indices of the reference sequences, uint8 (B, L) on the model's device.
         dtype: dtype of the one-hot batches. Default torch.float32.
+        check: check the mutants' value ranges in :meth:`predict` (one device synchronisation
+            per call on CUDA). ISM_predict passes False for the mutants it enumerates itself.
+            Default True.
 
     Example:
         >>> f = lambda x: x.sum(dim=(1, 2))[:, None, None]
@@ -68,23 +72,26 @@ class FullPredictor:
         ([2.0], [3.0])
     """
 
-    def __init__(self, forward: Callable, ref_idx: torch.Tensor, dtype: torch.dtype = torch.float32):
+    def __init__(self, forward: Callable, ref_idx: torch.Tensor, dtype: torch.dtype = torch.float32,
+                 check: bool = True):
         self.forward = forward
         self.ref_idx = ref_idx  # (B, L) uint8
         self.dtype = dtype
+        self.check = check
 
     def reference(self) -> torch.Tensor:
         """Predictions of the unmutated sequences, (B, T, L_out)."""
-        eye = torch.cat([torch.eye(4), torch.zeros(1, 4)]).to(self.ref_idx.device, self.dtype)
+        dev = self.ref_idx.device  # built there: no host-to-device copy
+        eye = torch.cat([torch.eye(4, device=dev), torch.zeros(1, 4, device=dev)]).to(self.dtype)  # (5, 4)
         x = eye[self.ref_idx.long()].transpose(1, 2).contiguous()  # (B, 4, L)
         return self.forward(x)
 
     def predict(self, mutants: torch.Tensor) -> torch.Tensor:
         """Predictions (M, T, L_out) of the mutants (M, 3) = (seq, pos, base) rows."""
         if self.dtype in _MUTATE_DTYPES:
-            return self.forward(ops.mutate(self.ref_idx, mutants, self.dtype))
+            return self.forward(ops.mutate(self.ref_idx, mutants, self.dtype, check=self.check))
         # float64 models: the native op writes float32; one-hot 0/1 converts exactly
-        return self.forward(ops.mutate(self.ref_idx, mutants, torch.float32).to(self.dtype))
+        return self.forward(ops.mutate(self.ref_idx, mutants, torch.float32, check=self.check).to(self.dtype))
 
 
 _MUTATE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # what the native mutate op writes
@@ -188,7 +195,7 @@ def _make_predictor(engine: str, model: Any, forward: Callable, length: int, dev
     engine is an optimisation and never a reason for a call to fail. ``cached_only`` uses a plan
     captured by an earlier call but never captures (small jobs).
     """
-    full = lambda ref_idx: FullPredictor(forward, ref_idx, dtype)  # noqa: E731
+    full = lambda ref_idx: FullPredictor(forward, ref_idx, dtype, check=False)  # noqa: E731
     if engine == "full":
         return full, "full"
     from .incremental import IncrementalPredictor, plan_ism
@@ -423,6 +430,8 @@ def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine,
     n_seqs, length = ref_np.shape
     n_pos = end - start
     ref_all = torch.from_numpy(ref_np.view(np.uint8))  # (B, L) uint8, CPU
+    if any(dev.type == "cuda" for dev, _ in replicas):
+        ref_all = ref_all.pin_memory()  # inputs go to the GPU by asynchronous copies
     # Sequences are handled in chunks so that reference caches and mutant lists stay
     # O(batch_size): enough sequences to fill about one batch of mutants.
     chunk = max(1, batch_size // max(1, 3 * n_pos))
@@ -442,7 +451,7 @@ def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine,
             capture_ok = _estimated_full_seconds(fwd, ref_all[:1].to(dev), m_dtype, n_mutants_total) > 1.0
         factory, name = _make_predictor(engine, m, fwd, length, dev, m_dtype, prediction_transform,
                                         cached_only=not capture_ok)
-        full_factory = lambda ref_idx, fwd=fwd: FullPredictor(fwd, ref_idx, m_dtype)  # noqa: E731
+        full_factory = lambda ref_idx, fwd=fwd: FullPredictor(fwd, ref_idx, m_dtype, check=False)  # noqa: E731
         workers.append([dev, factory, name, full_factory])
 
     from tqdm.auto import tqdm
@@ -455,12 +464,13 @@ def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine,
     ref_preds = None  # (B, T, L_out)
     lock = threading.Lock()
     pool = ThreadPoolExecutor(len(workers)) if len(workers) > 1 else None
+    sinks = [_HostResults(w[0]) for w in workers]  # per device: results copied back asynchronously
     try:
         with torch.inference_mode():
             for b0 in range(0, n_seqs, chunk):
                 b1 = min(n_seqs, b0 + chunk)
                 ref_cpu = ref_all[b0:b1]
-                predictors = [(w[0], w[1](ref_cpu.to(w[0]))) for w in workers]
+                predictors = [(w[0], w[1](_to_device(ref_cpu, w[0]))) for w in workers]
                 mutants = ops.enumerate_mutants(ref_cpu, start, end)  # (m, 3) int64, CPU
                 if b0 == 0 and engine == "auto" and workers[0][2] == "incremental":
                     # Safety net: the plan is verified on real mutants once per (plan, mutated
@@ -485,43 +495,135 @@ def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine,
                                       RuntimeWarning, stacklevel=3)
                         for w in workers:
                             w[1], w[2] = w[3], "full"
-                        predictors = [(w[0], w[1](ref_cpu.to(w[0]))) for w in workers]
-                ref_out = predictors[0][1].reference().float().cpu()  # (b, T, L_out)
+                        predictors = [(w[0], w[1](_to_device(ref_cpu, w[0]))) for w in workers]
+                ref_out = _native_float(predictors[0][1].reference())  # (b, T, L_out) on device 0
                 if preds is None:
                     shape = tuple(ref_out.shape[1:])
                     preds = torch.empty((n_seqs, n_pos, 4) + shape, dtype=torch.float32)
                     ref_preds = torch.empty((n_seqs,) + shape, dtype=torch.float32)
                 elif tuple(ref_out.shape[1:]) != tuple(preds.shape[3:]):
                     raise ValueError("model: output shape changed between sequences")
-                ref_preds[b0:b1] = ref_out
                 out_view = preds[b0:b1]
-                ops.fill_reference_(out_view, ref_out, ref_cpu, start)
-                batches = [mutants[i:i + batch_size] for i in range(0, mutants.shape[0], batch_size)]
 
-                def work(k: int, batch: torch.Tensor) -> None:
-                    dev, predictor = predictors[k % len(predictors)]
+                def land_reference(host: torch.Tensor, b0=b0, b1=b1, out_view=out_view, ref_cpu=ref_cpu) -> None:
+                    ref_preds[b0:b1] = host
+                    ops.fill_reference_(out_view, host, ref_cpu, start)
+
+                sinks[0].submit(ref_out, land_reference)
+                batches = [(i, min(i + batch_size, mutants.shape[0])) for i in range(0, mutants.shape[0], batch_size)]
+                # the chunk's mutant list goes to each device once; batches are slices there
+                mutants_dev = [_to_device(mutants, w[0]) for w in workers]
+
+                def work(k: int, out_view=out_view, mutants=mutants, mutants_dev=mutants_dev, batches=batches) -> None:
+                    """Device k's share of the chunk's batches (every len(workers)-th), in order:
+                    launched without waiting; each result lands in preds when its copy is done."""
+                    dev, predictor = predictors[k]
                     with torch.inference_mode():  # thread-local: worker threads need their own
-                        y = predictor.predict(batch.to(dev)).float().cpu()  # (n, T, L_out)
-                    if tuple(y.shape[1:]) != tuple(preds.shape[3:]) or y.shape[0] != batch.shape[0]:
-                        raise ValueError(
-                            f"model: mutant predictions have shape {tuple(y.shape)}, expected "
-                            f"({batch.shape[0]}, {', '.join(map(str, preds.shape[3:]))})"
-                        )
-                    with lock:
-                        ops.scatter_(out_view, y, batch, start)
-                        bar.update(batch.shape[0])
+                        for i0, i1 in batches[k::len(workers)]:
+                            y = _native_float(predictor.predict(mutants_dev[k][i0:i1]))  # (n, T, L_out)
+                            if tuple(y.shape[1:]) != tuple(preds.shape[3:]) or y.shape[0] != i1 - i0:
+                                raise ValueError(
+                                    f"model: mutant predictions have shape {tuple(y.shape)}, expected "
+                                    f"({i1 - i0}, {', '.join(map(str, preds.shape[3:]))})"
+                                )
+
+                            def land(host: torch.Tensor, batch=mutants[i0:i1]) -> None:
+                                with lock:
+                                    ops.scatter_(out_view, host, batch, start)
+                                    bar.update(batch.shape[0])
+
+                            sinks[k].submit(y, land)
 
                 if pool is None:
-                    for k, batch in enumerate(batches):
-                        work(k, batch)
+                    work(0)
                 else:
-                    for fut in [pool.submit(work, k, b) for k, b in enumerate(batches)]:
+                    for fut in [pool.submit(work, k) for k in range(len(workers))]:
                         fut.result()
+            for sink in sinks:
+                sink.drain()
     finally:
+        for sink in sinks:
+            sink.discard()
         if pool is not None:
             pool.shutdown(wait=True)
         bar.close()
     return preds, ref_preds
+
+
+def _to_device(t: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """A CPU input on ``dev``: on CUDA by an asynchronous copy from pinned memory (no host wait)."""
+    if dev.type != "cuda":
+        return t.to(dev)
+    return (t if t.is_pinned() else t.pin_memory()).to(dev, non_blocking=True)
+
+
+def _native_float(y: torch.Tensor) -> torch.Tensor:
+    """Predictions in a dtype the native ops read (float32/16, bfloat16): half-precision results
+    travel to the host at their own size and are widened exactly there."""
+    return y if y.dtype in ops.FLOAT_DTYPES else y.float()
+
+
+class _HostResults:
+    """Results of one device, brought to the host without stalling the device.
+
+    On CUDA, :meth:`submit` queues an asynchronous copy of a result into a pinned host buffer and
+    returns; the buffer's consumer runs once that copy is done, when the queue holds ``depth``
+    results or at :meth:`drain`, so the host waits only for work ``depth`` batches old while the
+    device keeps computing. The pinned buffers (``depth`` of them) are reused across batches. On
+    the CPU the consumer runs at once.
+
+    Example:
+        >>> sink = _HostResults(torch.device("cpu"))
+        >>> got = []
+        >>> sink.submit(torch.ones(2), got.append); sink.drain(); got[0].tolist()
+        [1.0, 1.0]
+    """
+
+    def __init__(self, device: torch.device, depth: int = 2):
+        self.device = device
+        self.depth = depth
+        self._pending: collections.deque = collections.deque()  # (event, host view, buffer, consumer)
+        self._free: List[torch.Tensor] = []  # pinned uint8 buffers
+
+    def submit(self, y: torch.Tensor, consume: Callable[[torch.Tensor], None]) -> None:
+        if self.device.type != "cuda":
+            consume(y)
+            return
+        while len(self._pending) >= self.depth:
+            self._finish_one()
+        nbytes = y.numel() * y.element_size()
+        buf = next((b for b in self._free if b.numel() >= nbytes), None)
+        if buf is None:
+            if self._free:
+                self._free.pop()  # too small: replaced by a larger one
+            buf = torch.empty(max(nbytes, 1), dtype=torch.uint8, pin_memory=True)
+        else:
+            self._free.remove(buf)
+        host = buf[:nbytes].view(y.dtype).view(y.shape)
+        host.copy_(y, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self._pending.append((event, host, buf, consume))
+
+    def _finish_one(self) -> None:
+        event, host, buf, consume = self._pending.popleft()
+        event.synchronize()  # this result's copy (and the work before it) is done
+        try:
+            consume(host)
+        finally:
+            self._free.append(buf)
+
+    def drain(self) -> None:
+        """Run every pending consumer (waits for the device's queued copies)."""
+        while self._pending:
+            self._finish_one()
+
+    def discard(self) -> None:
+        """Forget pending results (after an error); waits for their copies to finish first."""
+        while self._pending:
+            event, _, buf, _ = self._pending.popleft()
+            event.synchronize()
+            self._free.append(buf)
 
 
 def _autocast_forward(fwd: Callable, dev: torch.device, dtype: torch.dtype) -> Callable:
