@@ -746,6 +746,8 @@ def _analyse(g: _Graph, length: int) -> IsmPlan:
             p = c.params
             q = c.off * p["s"] - p["pl"]
             w = (c.width - 1) * p["s"] + (p["k"] - 1) * p["d"] + 1
+        elif c.rule == "split":
+            q, w = c.off * c.params["p"], c.width * c.params["p"]
         elif c.rule == "pad":
             q, w = c.off - c.params["pl"], c.width
         elif c.rule in ("pointwise", "view") and c.length == n.length:
@@ -1037,11 +1039,52 @@ def _classify(n: _Node, L: int) -> None:
         _set_local(n, "pointwise", ld, x.length, x.lo, x.hi)
         return
     if t in _VIEWS:
-        ld = _view_ldim(x.shape, out_shape, x.ldim)
-        if ld is None:
-            n.note = "reshape mixes the length axis"
+        if n.inputs[0] is not x or len(locs) != 1:
             return
-        _set_local(n, "view", ld, x.length, x.lo, x.hi)
+        ld = _view_ldim(x.shape, out_shape, x.ldim)
+        if ld is not None:
+            _set_local(n, "view", ld, x.length, x.lo, x.hi)
+            return
+        split = _view_split(x.shape, out_shape, x.ldim)
+        if split is not None:
+            # (.., L, ..) -> (.., L/p, p, ..): the blocks are the new length axis and the p
+            # axis is a channel-like window axis; a changed block is any block the input hull
+            # touches, exactly as for a pool of size = stride = p
+            ld, p = split
+            lout = out_shape[ld]
+            lo, hi = _window_rule_out(x.lo, x.hi, p, p, 1, 0, lout)
+            _set_local(n, "split", ld, lout, lo, hi, p=p)
+            return
+        merge = _view_merge(x.shape, out_shape, x.ldim)
+        if merge is not None:
+            # (.., L/p, p, ..) -> (.., L, ..): block b becomes positions [b p, (b + 1) p)
+            ld, p = merge
+            lout = out_shape[ld]
+            empty = x.lo >= x.hi
+            lo = np.where(empty, 0, x.lo * p)
+            hi = np.where(empty, 0, x.hi * p)
+            _set_local(n, "merge", ld, lout, lo, hi, p=p)
+            return
+        n.note = "reshape mixes the length axis"
+        return
+    if t in (aten.conv2d.default, aten.conv2d.padding) or (
+            t is aten.convolution.default and not b["transposed"] and len(b["stride"]) == 2):
+        # a 1x1 two-dimensional convolution is a per-position projection over channels (the
+        # logits of Enformer's attention pooling on the (B, C, L/p, p) view)
+        w = b["weight"].meta["val"]
+        pad = b["padding"]
+        if n.inputs[0] is not x or len(locs) != 1 or len(x.shape) != 4 or x.ldim not in (2, 3) \
+                or tuple(w.shape[2:]) != (1, 1) or any(int(s) != 1 for s in b["stride"]) \
+                or (not isinstance(pad, str) and any(int(q) != 0 for q in pad)):
+            return
+        _set_local(n, "pointwise", x.ldim, x.length, x.lo, x.hi)
+        return
+    if t is aten.einsum.default:
+        ld = _einsum_ldim(n, b, x)
+        if ld is None:
+            n.note = "einsum mixes the length axis"
+            return
+        _set_local(n, "pointwise", ld, x.length, x.lo, x.hi)
         return
     if t in (aten.layer_norm.default,):
         k = len(b["normalized_shape"])
@@ -1055,7 +1098,8 @@ def _classify(n: _Node, L: int) -> None:
             return
         _set_local(n, "pointwise", x.ldim, x.length, x.lo, x.hi)
         return
-    if t in (aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.default):
+    if t in (aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.default,
+             aten.logsumexp.default):
         dims = b["dim"]
         if dims is None or len(dims) == 0:
             return
@@ -1086,6 +1130,65 @@ def _view_ldim(ins: Tuple[int, ...], outs: Tuple[int, ...], ldim: int) -> Option
                 return j
         acc *= abs(outs[j])
     return None
+
+
+def _prod(v: Sequence[int]) -> int:
+    return int(np.prod([abs(s) for s in v])) if len(v) else 1
+
+
+def _view_split(ins: Tuple[int, ...], outs: Tuple[int, ...], ldim: int) -> Optional[Tuple[int, int]]:
+    """(j, p) when a reshape splits the length axis ``ldim`` of ``ins`` into outs[j] blocks of
+    p = prod(outs[j + 1:e]) positions each (block-major, the axes around it unchanged), else None."""
+    before, after, L = _prod(ins[1:ldim]), _prod(ins[ldim + 1:]), abs(ins[ldim])
+    for j in range(1, len(outs)):
+        if _prod(outs[1:j]) != before:
+            continue
+        for e in range(j + 2, len(outs) + 1):
+            p = _prod(outs[j + 1:e])
+            if abs(outs[j]) * p == L and _prod(outs[e:]) == after and p > 1 and abs(outs[j]) > 1:
+                return j, p
+    return None
+
+
+def _view_merge(ins: Tuple[int, ...], outs: Tuple[int, ...], ldim: int) -> Optional[Tuple[int, int]]:
+    """(j, p) when a reshape merges the length axis ``ldim`` with the axes after it (p positions
+    per length step, block-major) into outs[j], the axes around them unchanged, else None."""
+    before = _prod(ins[1:ldim])
+    for j in range(1, len(outs)):
+        if _prod(outs[1:j]) != before:
+            continue
+        for e in range(ldim + 2, len(ins) + 1):
+            p = _prod(ins[ldim + 1:e])
+            if abs(ins[ldim]) * p == abs(outs[j]) and _prod(ins[e:]) == _prod(outs[j + 1:]) and p > 1:
+                return j, p
+    return None
+
+
+def _einsum_ldim(n: _Node, b: Dict[str, Any], x: _Node) -> Optional[int]:
+    """Output length axis of an einsum over one local operand and constants that keeps the
+    batch and length letters of the local operand (a per-position projection), else None."""
+    eq = str(b["equation"]).replace(" ", "")
+    if "..." in eq or "->" not in eq:
+        return None
+    lhs, rhs = eq.split("->")
+    terms = lhs.split(",")
+    tens = list(b["tensors"])
+    if len(terms) != len(tens):
+        return None
+    nodes = [n.inputs[[j.node for j in n.inputs].index(a)] for a in tens]
+    locs = [k for k, an in enumerate(nodes) if an.kind != _CONST]
+    if len(locs) != 1 or nodes[locs[0]] is not x:
+        return None
+    term = terms[locs[0]]
+    if len(term) != len(x.shape):
+        return None
+    bl, ll = term[0], term[x.ldim]
+    if term.count(ll) != 1 or term.count(bl) != 1 or not rhs or rhs[0] != bl or rhs.count(ll) != 1:
+        return None
+    for k, tt in enumerate(terms):
+        if k != locs[0] and (ll in tt or bl in tt):
+            return None
+    return rhs.index(ll)
 
 
 def _classify_linear_global(n: _Node) -> None:
@@ -1146,6 +1249,12 @@ def _local_input_demands(n: _Node) -> List[Tuple[_Node, Tuple[int, int]]]:
         res.append((_local_inputs(n)[0], (lo - pl, hi - pl)))
     elif n.rule == "flip":
         res.append((_local_inputs(n)[0], (n.length - hi, n.length - lo)))
+    elif n.rule == "split":
+        p = n.params["p"]
+        res.append((n.inputs[0], (lo * p, hi * p)))
+    elif n.rule == "merge":
+        p = n.params["p"]
+        res.append((n.inputs[0], (lo // p, -(-hi // p))))
     else:
         for i in _local_inputs(n):
             res.append((i, (lo, hi)))
@@ -1541,6 +1650,21 @@ class IncrementalPredictor:
                     add_asm(n, src, n.off - n.params["pl"], n.width, n.params["value"])
                 elif n.rule == "flip":
                     add_asm(n, _local_inputs(n)[0], n.length - n.off - n.width, n.width, None)
+                elif n.rule == "split":
+                    pp = n.params["p"]
+                    add_asm(n, n.inputs[0], n.off * pp, n.width * pp, None)
+                elif n.rule == "merge":
+                    # input blocks [qi, qi + wi) hold the window; it starts rel positions in
+                    # (shifted inward at the end so that the blocks stay inside the input)
+                    pp, src = n.params["p"], n.inputs[0]
+                    qi = n.off // pp
+                    wi = min(src.length, int((-(-(n.off + n.width) // pp) - qi).max()))
+                    qi = np.minimum(qi, src.length - wi)
+                    rel = n.off - qi * pp
+                    ex = self._x.setdefault(n.name, {})
+                    ex["_rel"] = torch.as_tensor(rel, device=dev)
+                    ex["_rel0"] = int(rel[0]) if np.all(rel == rel[0]) else None
+                    add_asm(n, src, qi, wi, None)
                 else:
                     for src in _local_inputs(n):
                         add_asm(n, src, n.off, n.width, None)
@@ -1608,7 +1732,7 @@ class IncrementalPredictor:
             elif n.rule == "pad":
                 a = self._asm.get((n.name, _local_inputs(n)[0].name))
                 fresh[n] = a is not None and not a.direct and a.host is None and a.users == 1
-            elif n.rule == "view" or n.target in _IDENTITY or n.target in (aten.dropout.default,
+            elif n.rule in ("view", "split", "merge") or n.target in _IDENTITY or n.target in (aten.dropout.default,
                                                                              aten.feature_dropout.default):
                 i = _local_inputs(n)[0]
                 fresh[n] = fresh.get(i, False) and len(i.consumers) == 1
@@ -1950,6 +2074,22 @@ class IncrementalPredictor:
             return x
         if rule == "flip":
             return self._assemble(n.name, _local_inputs(n)[0], env, ctx).flip(p["dims"])
+        if rule == "split":
+            x = self._assemble(n.name, n.inputs[0], env, ctx)  # (M, .., width * p, ..)
+            shape = list(n.shape)
+            shape[0], shape[n.ldim] = ctx["M"], n.width
+            return x.reshape(shape)  # (M, .., width, p, ..)
+        if rule == "merge":
+            x = self._assemble(n.name, n.inputs[0], env, ctx)  # (M, .., wi, p, ..)
+            src = n.inputs[0]
+            shape = list(n.shape)
+            shape[0], shape[n.ldim] = ctx["M"], x.shape[src.ldim] * p["p"]
+            y = x.reshape(shape)  # (M, .., wi * p, ..)
+            if ex["_rel0"] is not None:
+                return y.narrow(n.ldim, ex["_rel0"], n.width)
+            y3 = _canon(y, n.ldim)
+            idx = (ex["_rel"][pos][:, None] + torch.arange(n.width, device=y.device))[:, None, :]
+            return _uncanon(torch.gather(y3, 2, idx.expand(-1, y3.shape[1], -1)), n.shape, n.ldim)
         # pointwise / view: call the op on the windows
         fx = n.node
         vals: Dict[Any, Any] = {}
