@@ -25,9 +25,17 @@ the incremental plan predicts next to the measured basewise full / incremental r
 Models (see ``benchmarks/models.py``): Basset-like (L = 1000), BPNet-like (input 2114, counts
 transform), conv + transformer (L = 1000).
 
+GPU (``--device cuda``): the model is put on the GPU first (so no call moves weights), every method
+runs there at each of ``--batch-sizes`` and each of ``--dtypes`` (float32, and bfloat16 through
+``dtype=`` for basewise and ``torch.autocast`` for the others), after one warm-up call per setting;
+each timed call lies between two CUDA events (synchronised), and the table reports the best batch
+size per method. Errors are against a float32 naive loop on the GPU. See :func:`_main_sweep`
+(``--tiny`` runs that code on the CPU with a toy model: a check that it runs, for the dry run).
+
 Usage:
     python benchmarks/bench_ism.py [--models basset,bpnet,transformer] [--batch-size 64]
         [--repeats 3] [--skip tangermeme-full,grelu,naive] [--json out.json] [--wait-quiet 120]
+        [--device cuda --batch-sizes 256,1024,4096 --dtypes float32,bfloat16]
 
 Example:
     >>> # python benchmarks/bench_ism.py --models basset --repeats 1
@@ -36,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import os
@@ -164,7 +173,8 @@ def _methods(model, length, transform, seq: str, idx: torch.Tensor, batch_size: 
     return out, notes
 
 
-def _grelu_method(model, transform, seq: str, length: int, batch_size: int) -> Callable[[], np.ndarray]:
+def _grelu_method(model, transform, seq: str, length: int, batch_size: int,
+                  devices="cpu") -> Callable[[], np.ndarray]:
     """gReLU 1.1.0's ISM_predict on a gReLU LightningModel whose network is ``model``.
 
     Raises ImportError without grelu. gReLU's ``predict_on_dataset`` sets the process-wide float32
@@ -205,7 +215,7 @@ def _grelu_method(model, transform, seq: str, length: int, batch_size: int) -> C
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
                 warnings.simplefilter("ignore")
-                y = grelu_ism(seq, lm, prediction_transform=transform_3d, devices="cpu", batch_size=batch_size,
+                y = grelu_ism(seq, lm, prediction_transform=transform_3d, devices=devices, batch_size=batch_size,
                               return_df=False)
         finally:
             os.chdir(cwd)
@@ -228,7 +238,13 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     ap.add_argument("--json", default=None)
     ap.add_argument("--wait-quiet", type=float, default=0.0,
                     help="before each timed round, wait up to this many seconds for other jobs to go idle")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]: see _main_sweep")
+    ap.add_argument("--tiny", action="store_true", help="the GPU sweep with a toy model at toy sizes (any device)")
+    ap.add_argument("--batch-sizes", default="256,1024,4096", help="GPU only: batch sizes to sweep")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="GPU only: compute dtypes")
     args = ap.parse_args(argv)
+    if args.device != "cpu" or args.tiny:
+        return _main_sweep(args)
     torch.set_num_threads(args.threads)
     skip = set(s for s in args.skip.split(",") if s)
     results = {"threads": args.threads, "batch_size": args.batch_size, "models": {}}
@@ -290,6 +306,193 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
+    return results
+
+
+def _gpu_methods(model, length: int, transform, seq: str, idx: torch.Tensor, dev: torch.device, skip: set,
+                 notes: Dict[str, str]) -> Dict[str, Callable[[int, torch.dtype], np.ndarray]]:
+    """GPU runners ``(batch_size, dtype) -> (L, 4, outputs) array`` of every available method."""
+    wrapped = _WithTransform(model, transform).eval()
+    x1 = _onehot(idx[None])  # (1, 4, L), CPU: each method moves its inputs itself
+    auto = lambda dt: torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32)  # noqa: E731
+    out: Dict[str, Callable[[int, torch.dtype], np.ndarray]] = {}
+
+    low: Dict[torch.dtype, torch.nn.Module] = {}  # half-precision copies of the model
+
+    def bw(engine):
+        def run(bs, dt):
+            m = model
+            if engine == "incremental" and dt != torch.float32:
+                # the incremental engine computes in the model's own dtype (not under autocast)
+                m = low.get(dt) or low.setdefault(dt, copy.deepcopy(model).to(dt))
+                notes["basewise incremental"] = f"half precision: a {str(dt)[6:]} copy of the model (weights in {str(dt)[6:]})"
+            y = basewise.ISM_predict(seq, m, prediction_transform=transform, batch_size=bs, return_df=False,
+                                     engine=engine, progress=False, devices=dev,
+                                     dtype=None if dt == torch.float32 else dt)
+            return y.reshape(length, 4, -1)
+        return run
+
+    out["basewise incremental"] = bw("incremental")
+    out["basewise full"] = bw("full")
+    try:
+        sm = importlib.import_module("tangermeme.saturation_mutagenesis")
+
+        def tm(fast):
+            def run(bs, dt):
+                old = sm._FAST_MIN_SECONDS
+                sm._FAST_MIN_SECONDS = 0.0
+                try:
+                    with warnings.catch_warnings(), auto(dt):
+                        warnings.simplefilter("ignore")
+                        res = sm.saturation_mutagenesis(wrapped, x1, batch_size=bs, raw_outputs=True,
+                                                        device=str(dev), fast=fast)
+                finally:
+                    sm._FAST_MIN_SECONDS = old
+                return res.y_hat.float().reshape(4, length, -1).permute(1, 0, 2).cpu().numpy()
+            return run
+
+        for key, fast in (("tangermeme-fast", True), ("tangermeme-full", False)):
+            if key not in skip:
+                out[key.replace("-", " ")] = tm(fast)
+    except ImportError:
+        notes["tangermeme"] = "tangermeme not installed"
+    if "grelu" not in skip:
+        try:
+            importlib.import_module("grelu.interpret.score")
+        except ImportError:
+            notes["gReLU"] = "grelu not installed (not a dependency); not run"
+        else:
+            def grelu_run(bs, dt):
+                with auto(dt):
+                    return _grelu_method(model, transform, seq, length, bs,
+                                         devices=dev.index if dev.type == "cuda" else "cpu")()
+            out["gReLU"] = grelu_run
+    if "naive" not in skip:
+        def naive(bs, dt):
+            with torch.inference_mode(), auto(dt):
+                i = idx.to(dev)
+                y0 = wrapped(_onehot(i[None].cpu()).to(dev)).float().reshape(1, -1)
+                muts = torch.tensor([(p, a) for p in range(length) for a in range(4) if a != int(idx[p])], device=dev)
+                res = y0.expand(length * 4, -1).reshape(length, 4, -1).clone()
+                eye = torch.eye(4, device=dev)
+                for s0 in range(0, muts.shape[0], bs):
+                    mb = muts[s0:s0 + bs]
+                    m = i[None].repeat(mb.shape[0], 1)
+                    m[torch.arange(mb.shape[0], device=dev), mb[:, 0]] = mb[:, 1]
+                    res[mb[:, 0], mb[:, 1]] = wrapped(eye[m].transpose(1, 2).contiguous()).float().reshape(mb.shape[0], -1)
+            return res.cpu().numpy()
+        out["naive loop"] = naive
+    return out
+
+
+def _device_time(fn: Callable[[], object], dev: torch.device) -> float:
+    """Seconds between two CUDA events around ``fn()`` (all prior work finished first); wall clock
+    on the CPU."""
+    if dev.type != "cuda":
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    torch.cuda.synchronize()
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    fn()
+    e1.record()
+    e1.synchronize()
+    return e0.elapsed_time(e1) / 1e3
+
+
+def _tiny_spec():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv1d(4, 16, 7, padding=3), torch.nn.ReLU(), torch.nn.MaxPool1d(4),
+                                torch.nn.Conv1d(16, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(16 * 15, 2)).eval()
+    return [("tiny CNN", model, 60, None)]
+
+
+def _main_sweep(args) -> Dict:
+    """The GPU benchmark: per model and dtype, every method at every batch size (one warm-up call,
+    then ``--repeats`` timed calls), errors against a float32 naive loop, best batch size per
+    method. An out-of-memory batch size is recorded and skipped. With ``--tiny``: a toy model, the
+    first two batch sizes, one repeat (also on the CPU, with wall-clock timing)."""
+    from basewise import ops
+
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device is available")
+    if dev.type == "cuda":
+        dev = torch.device("cuda", dev.index if dev.index is not None else torch.cuda.current_device())
+    else:
+        torch.set_num_threads(args.threads)
+    skip = set(s for s in args.skip.split(",") if s)
+    sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",") if d]
+    if args.tiny:
+        sizes, args.repeats = [16, 64], 1
+    kernels = ops.fallback_reason(dev)
+    gpu = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    results = {"device": str(dev), "gpu": gpu, "batch_sizes": sizes, "dtypes": [str(d) for d in dtypes],
+               "native_kernels": kernels is None, "fallback_reason": kernels, "torch": torch.__version__,
+               "models": {}}
+    print(f"# bench_ism: {gpu}, torch {torch.__version__}, basewise "
+          f"{'native kernels' if kernels is None else 'PLAIN-PYTORCH FALLBACK: ' + kernels}; "
+          f"batch sizes {sizes}, medians of {args.repeats} timed calls after a warm-up "
+          f"({'CUDA events' if dev.type == 'cuda' else 'wall clock'})")
+    for label, model, length, transform in (_tiny_spec() if args.tiny else _model_specs(args.models.split(","))):
+        model = model.to(dev).eval()
+        rng = np.random.RandomState(0)
+        idx = torch.as_tensor(rng.randint(0, 4, size=length))
+        seq = "".join("ACGT"[i] for i in idx.tolist())
+        n_mut = 3 * length
+        notes: Dict[str, str] = {}
+        methods = _gpu_methods(model, length, transform, seq, idx, dev, skip, notes)
+        t0 = time.perf_counter()
+        plan = plan_ism(model, length, prediction_transform=transform, device=dev, use_cache=False)
+        capture = time.perf_counter() - t0
+        ref = (methods["naive loop"] if "naive loop" in methods else methods["basewise full"])(sizes[0], torch.float32)
+        scale = float(np.abs(ref).max()) or 1.0
+        res_m: Dict[str, Dict] = {}
+        for dt in dtypes:
+            dname = str(dt).replace("torch.", "")
+            plan_ism(model, length, prediction_transform=transform, device=dev, dtype=dt)  # warm the cache
+            rows = {}
+            for name, fn in methods.items():
+                per_bs, err = {}, None
+                for bs in sizes:
+                    try:
+                        y = fn(bs, dt)  # warm-up, and the correctness check
+                        err = float(np.abs(y - ref).max()) / scale if err is None else err
+                        per_bs[bs] = statistics.median(_device_time(lambda: fn(bs, dt), dev)
+                                                       for _ in range(args.repeats))
+                    except torch.cuda.OutOfMemoryError:
+                        per_bs[bs] = None
+                        torch.cuda.empty_cache()
+                ok = {b: t for b, t in per_bs.items() if t is not None}
+                best = min(ok, key=ok.get) if ok else None
+                rows[name] = {"per_batch_s": per_bs, "best_batch": best, "best_s": ok.get(best), "error": err}
+            full = rows.get("basewise full", {}).get("best_s")
+            print(f"\n## {label}, {dname}: L = {length}, {n_mut} mutants, plan capture {capture:.2f} s, "
+                  f"predicted FLOP ratio {plan.predicted_flop_ratio:.2f}x")
+            print("| method | best batch | seconds | mutants/s | vs basewise full | mutants/s per batch size "
+                  "| max err / scale |")
+            print("|---|---|---|---|---|---|---|")
+            for name, r in rows.items():
+                sweep = ", ".join(f"{b}: {n_mut / t:,.0f}" if t else f"{b}: OOM" for b, t in r["per_batch_s"].items())
+                if r["best_s"] is None:
+                    print(f"| {name} | - | OOM | | | {sweep} | |")
+                    continue
+                print(f"| {name} | {r['best_batch']} | {r['best_s']:.4f} | {n_mut / r['best_s']:,.0f} | "
+                      f"{(full / r['best_s']) if full else float('nan'):.2f}x | {sweep} | {r['error']:.1e} |")
+            for k, v in notes.items():
+                print(f"note: {k}: {v}")
+            res_m[dname] = rows
+            sys.stdout.flush()
+        results["models"][label] = {"length": length, "mutants": n_mut, "capture_s": capture,
+                                    "predicted_flop_ratio": plan.predicted_flop_ratio, "dtypes": res_m,
+                                    "notes": notes}
+        model.cpu()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
     return results
 
 
