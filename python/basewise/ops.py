@@ -6,6 +6,13 @@ link libtorch: this module owns the tensors, passes their data pointers, sizes, 
 ``torch.library.custom_op`` as ``torch.ops.basewise.<name>`` together with a fake (meta)
 implementation, so the ops work under ``torch.compile(fullgraph=True)``.
 
+Fallback. On a CUDA device where the native kernels cannot run (basewise built without nvcc, no
+code for that GPU's architecture, a driver too old for the CUDA runtime basewise was built with:
+:func:`fallback_reason`), every op runs its plain-PyTorch implementation from
+:mod:`basewise._torch_ops` instead, with the same results, and one :class:`KernelFallbackWarning`
+says how to get the kernels. ``FORCE_TORCH_OPS`` (or ``BASEWISE_TORCH_OPS=1``) forces that path on
+every device, which is how it is tested without a GPU.
+
 Conventions. Base indices: 0 = A, 1 = C, 2 = G, 3 = T, 4 = N. A mutant is a row ``(seq, pos, base)``
 of an int64 tensor ``mutants`` of shape ``(M, 3)``: sequence ``seq`` with ``base`` written at
 position ``pos``. Reference sequences ``ref`` are ``(B, L)`` uint8 or int8 index tensors.
