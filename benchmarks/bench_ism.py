@@ -466,6 +466,9 @@ def _main_sweep(args) -> Dict:
                     except torch.cuda.OutOfMemoryError:
                         per_bs[bs] = None
                         torch.cuda.empty_cache()
+                    except Exception as e:  # noqa: BLE001 - one failing method must not end a GPU run
+                        per_bs[bs] = None
+                        notes[f"{name} ({str(dt)[6:]}, batch {bs})"] = f"failed: {type(e).__name__}: {e}"[:300]
                 ok = {b: t for b, t in per_bs.items() if t is not None}
                 best = min(ok, key=ok.get) if ok else None
                 rows[name] = {"per_batch_s": per_bs, "best_batch": best, "best_s": ok.get(best), "error": err}
