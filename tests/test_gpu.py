@@ -9,6 +9,8 @@ blocking device-to-host copy, a data-dependent shape) raises. The only waits lef
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -57,11 +59,15 @@ def test_gpu_ism_matches_cpu(engine, dtype):
     model = _model()
     seqs = _seqs(2)
     cpu = basewise.ISM_predict(seqs, model, engine=engine, return_df=False, compare_func="subtract")
+    run_model, run_dtype = model, dtype
+    if engine == "incremental" and dtype is not None:
+        # the incremental engine computes in the model's dtype (autocast is for full recompute)
+        run_model, run_dtype = copy.deepcopy(model).to(dtype), None
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # true float32
     try:
-        gpu = basewise.ISM_predict(seqs, model, engine=engine, return_df=False, compare_func="subtract",
-                                   devices=0, batch_size=256, dtype=dtype)
+        gpu = basewise.ISM_predict(seqs, run_model, engine=engine, return_df=False, compare_func="subtract",
+                                   devices=0, batch_size=256, dtype=run_dtype)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     scale = float(np.abs(cpu).max())
@@ -77,7 +83,8 @@ def test_gpu_ism_without_native_kernels(monkeypatch):
     want = basewise.ISM_predict(seqs, model, devices=0, engine="incremental", return_df=False)
     monkeypatch.setattr(ops, "FORCE_TORCH_OPS", True)
     got = basewise.ISM_predict(seqs, model, devices=0, engine="incremental", return_df=False)
-    np.testing.assert_array_equal(got, want)
+    # the ops agree bit for bit (test_fallback); allow for run-to-run variation of cuDNN's algorithms
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * float(np.abs(want).max()))
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
