@@ -5,8 +5,8 @@
 #   2. build      basewise's CUDA kernels run on this GPU (ops.fallback_reason(0) is None); if not
 #                 and nvcc is present, rebuild (editable, in place) with BASEWISE_CUDA_ARCHS=<arch>-real
 #                 and check again; without nvcc the run continues on the plain-PyTorch fallback
-#   3. tests      every CUDA test (tests/test_gpu.py, test_ops.py, test_fallback.py in full; the
-#                 CUDA cases of test_attention/test_attribution/test_exactness)
+#   3. tests      the CUDA tests of the core: tests/test_gpu.py, test_ops.py, test_fallback.py in full
+#   3b. tests_other  the CUDA tests of attention, attribution (needs captum, tangermeme) and exactness
 #   4. bench_ops  native ops vs plain PyTorch vs a device-to-device memcpy (CUDA events)
 #   5. ops_fallback  the same with the plain-PyTorch fallback forced (what users without kernels get)
 #   6. bench_ism  Basset-like: every method, batch-size sweep, float32 and bfloat16
@@ -17,18 +17,24 @@
 # summary.{txt,json} go to the folder given (default: $OUT, else ./gpu_check_out), overwritten on
 # every run (idempotent: the only other effect is the one-off rebuild of step 2).
 #
-# Usage: benchmarks/gpu_check.sh [--dry-run] [OUT_DIR]
+# Usage: benchmarks/gpu_check.sh [--dry-run] [--bundle] [OUT_DIR]
 #   --dry-run  no GPU needed: every step on the CPU at toy sizes (CI runs this so the script cannot
 #              rot); the build step checks the CPU kernels and does not rebuild.
-# Environment: PYTHON (default python3; the interpreter with basewise installed), GPU_CHECK_BUDGET.
+#   --bundle   leave only three files in OUT_DIR: gpu_check.tar.gz (every log and table) and
+#              summary.{txt,json} (for the device tool, which brings back at most 8 files).
+# Environment: PYTHON (default python3: the interpreter with a CUDA build of torch; basewise need not
+# be installed, step 2 installs it in place, editable, for the GPU's architecture when it cannot be
+# imported), GPU_CHECK_BUDGET.
 set -uo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 dry=0
+bundle=0
 out=""
 for a in "$@"; do
   case "$a" in
     --dry-run) dry=1 ;;
+    --bundle) bundle=1 ;;
     -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option '$a'" >&2; exit 2 ;;
     *) out="$a" ;;
@@ -37,6 +43,11 @@ done
 out="${out:-${OUT:-$PWD/gpu_check_out}}"
 mkdir -p "$out" || exit 2
 out="$(cd "$out" && pwd)"
+dest="$out"
+if [ "$bundle" = 1 ]; then
+  out="$(mktemp -d)/gpu_check"
+  mkdir -p "$out"
+fi
 py="${PYTHON:-python3}"
 budget="${GPU_CHECK_BUDGET:-480}"
 t_start=$(date +%s)
@@ -89,9 +100,19 @@ fi
 
 # ---- 1. env
 env_py='
-import json, platform, sys, torch, basewise
+import json, platform, sys, torch
 info = {"python": sys.version.split()[0], "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-        "platform": platform.platform(), "basewise": basewise.build_info(), "dry_run": sys.argv[1] == "1"}
+        "platform": platform.platform(), "dry_run": sys.argv[1] == "1"}
+try:
+    import basewise
+    info["basewise"] = basewise.build_info()
+except Exception as e:
+    info["basewise"] = "not importable (step build installs it): %s" % e
+for name in ("captum", "tangermeme", "grelu"):
+    try:
+        info[name] = __import__(name).__version__
+    except Exception:
+        info[name] = None
 if torch.cuda.is_available():
     info["gpus"] = [{"name": torch.cuda.get_device_name(i),
                      "capability": "%d.%d" % torch.cuda.get_device_capability(i),
@@ -141,17 +162,19 @@ export py dev dry out repo check_py
 run_step build 300 bash -c build_step
 
 # ---- 3. every CUDA test
+other_tests=(tests/test_attention.py::test_cuda_model_matches_cpu
+             tests/test_attribution.py::test_cuda_matches_cpu_and_model_stays
+             tests/test_exactness.py::test_plan_ism_never_raises_for_an_unavailable_device)
 if [ "$dry" = 1 ]; then
   run_step tests 120 "$py" -m pytest -q -rs -p no:cacheprovider -p no:logging \
     "--junitxml=$out/tests.xml" tests/test_gpu.py tests/test_ops.py::test_cuda_ops_run_on_current_stream \
     tests/test_fallback.py::test_fallback_reason_for_cuda_without_kernels
 else
-  run_step tests 240 "$py" -m pytest -q -rs -p no:cacheprovider -p no:logging \
-    "--junitxml=$out/tests.xml" tests/test_gpu.py tests/test_ops.py tests/test_fallback.py \
-    tests/test_attention.py::test_cuda_model_matches_cpu \
-    tests/test_attribution.py::test_cuda_matches_cpu_and_model_stays \
-    tests/test_exactness.py::test_plan_ism_never_raises_for_an_unavailable_device
+  run_step tests 200 "$py" -m pytest -q -rs -p no:cacheprovider -p no:logging \
+    "--junitxml=$out/tests.xml" tests/test_gpu.py tests/test_ops.py tests/test_fallback.py
 fi
+run_step tests_other 90 "$py" -m pytest -q -rs -p no:cacheprovider -p no:logging \
+  "--junitxml=$out/tests_other.xml" "${other_tests[@]}"
 
 # ---- 4-8. benchmarks
 if [ "$dry" = 1 ]; then
@@ -213,5 +236,11 @@ summary = {"seconds": secs, "dry_run": dry, "steps": [{"name": n, "status": st, 
                                                      for n, st, s, _ in steps]}
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
 EOF
+if [ "$bundle" = 1 ]; then
+  tar czf "$dest/gpu_check.tar.gz" -C "$(dirname "$out")" gpu_check
+  cp "$out/summary.txt" "$out/summary.json" "$dest/"
+  rm -rf "$(dirname "$out")"
+  summary="$dest/summary.txt (all logs and tables: $dest/gpu_check.tar.gz)"
+fi
 echo "[gpu_check] $failures step(s) failed or timed out; summary: $summary"
 [ "$failures" = 0 ]

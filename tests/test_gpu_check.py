@@ -8,11 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "gpu_check.sh")
-STEPS = ["env", "build", "tests", "bench_ops", "ops_fallback", "bench_ism", "bench_ism_more", "bench_attr"]
+STEPS = ["env", "build", "tests", "tests_other", "bench_ops", "ops_fallback", "bench_ism", "bench_ism_more", "bench_attr"]
 
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
@@ -20,9 +21,15 @@ STEPS = ["env", "build", "tests", "bench_ops", "ops_fallback", "bench_ism", "ben
 def test_gpu_check_dry_run(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable, GPU_CHECK_BUDGET="400")
     env.pop("OUT", None)
-    r = subprocess.run(["bash", SCRIPT, "--dry-run", str(tmp_path)], env=env, capture_output=True, text=True,
-                       timeout=600)
+    dest = tmp_path / "out"
+    r = subprocess.run(["bash", SCRIPT, "--dry-run", "--bundle", str(dest)], env=env, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    # --bundle: three files for the device tool; everything else in the tarball
+    assert sorted(p.name for p in dest.iterdir()) == ["gpu_check.tar.gz", "summary.json", "summary.txt"]
+    with tarfile.open(dest / "gpu_check.tar.gz") as tar:
+        tar.extractall(tmp_path, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    tmp_path = tmp_path / "gpu_check"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["dry_run"] is True
     assert [s["name"] for s in summary["steps"]] == STEPS
