@@ -188,12 +188,15 @@ def _estimated_full_seconds(forward: Callable, ref_idx: torch.Tensor, dtype: tor
 
 
 def _make_predictor(engine: str, model: Any, forward: Callable, length: int, device: torch.device,
-                    dtype: torch.dtype, prediction_transform: Optional[Callable], cached_only: bool = False):
+                    dtype: torch.dtype, prediction_transform: Optional[Callable], cached_only: bool = False,
+                    batch_size: int = 64):
     """A factory ``ref_idx -> predictor`` for the chosen engine, and the engine's name.
 
     With ``engine="auto"`` a planner failure of any kind means the full path: the incremental
     engine is an optimisation and never a reason for a call to fail. ``cached_only`` uses a plan
-    captured by an earlier call but never captures (small jobs).
+    captured by an earlier call but never captures (small jobs). ``engine="auto"`` decides on the
+    plan's timed probe of one ``batch_size`` batch each way (cached with the plan; measured here
+    unless ``cached_only``), else on the static cost model (``IsmPlan.prefers_incremental``).
     """
     full = lambda ref_idx: FullPredictor(forward, ref_idx, dtype, check=False)  # noqa: E731
     if engine == "full":
@@ -211,7 +214,7 @@ def _make_predictor(engine: str, model: Any, forward: Callable, length: int, dev
         if engine == "incremental":
             raise ValueError(f"engine: 'incremental' was requested but the model is not supported: {plan.reason}")
         return full, "full"
-    if engine == "incremental" or plan.worthwhile:
+    if engine == "incremental" or plan.prefers_incremental(full, batch_size, measure=not cached_only):
         factory = lambda ref_idx: IncrementalPredictor(plan, ref_idx)  # noqa: E731
         factory.plan = plan  # type: ignore[attr-defined]
         return factory, "incremental"
@@ -450,7 +453,7 @@ def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine,
             # full recompute would take longer. Estimate that from one timed reference forward.
             capture_ok = _estimated_full_seconds(fwd, ref_all[:1].to(dev), m_dtype, n_mutants_total) > 1.0
         factory, name = _make_predictor(engine, m, fwd, length, dev, m_dtype, prediction_transform,
-                                        cached_only=not capture_ok)
+                                        cached_only=not capture_ok, batch_size=batch_size)
         full_factory = lambda ref_idx, fwd=fwd: FullPredictor(fwd, ref_idx, m_dtype, check=False)  # noqa: E731
         workers.append([dev, factory, name, full_factory])
 
