@@ -6,6 +6,8 @@ single-base substitution (3L mutants plus the reference), side by side at an equ
 * ``basewise incremental``: ``basewise.ISM_predict(..., engine="incremental")`` (plan cached, as
   on every call after the first; the one-off capture time is reported separately);
 * ``basewise full``: ``basewise.ISM_predict(..., engine="full")``;
+* ``basewise auto``: the default engine choice (the plan's timed probe, measured by the first
+  call and cached with the plan, picks the faster engine);
 * ``tangermeme fast``: ``saturation_mutagenesis(fast=True, raw_outputs=True)`` with its
   minimum-job-time threshold (``_FAST_MIN_SECONDS``, 30 s) set to 0 so that its fastISM path
   really runs (it still captures and verifies the model on every call, as it does by design);
@@ -23,7 +25,11 @@ round-robin runs after one warm-up. The table also gives the FLOP ratio (full / 
 the incremental plan predicts next to the measured basewise full / incremental ratio.
 
 Models (see ``benchmarks/models.py``): Basset-like (L = 1000), BPNet-like (input 2114, counts
-transform), conv + transformer (L = 1000).
+transform), conv + transformer (L = 1000), and at L = 4096 with the 32 central positions mutated
+(96 mutants): Enformer-like (gReLU's EnformerModel structure, ``--models enformer``) and
+Borzoi-like (conv tower, transformer, U-net; ``--models borzoi``). Each model's block ends with the
+predicted speed-up (incremental over full: the timed probe's, and the static FLOPs + bytes model's)
+next to the measured one, and the time of ``engine="auto"`` relative to the faster engine.
 
 GPU (``--device cuda``): the model is put on the GPU first (so no call moves weights), every method
 runs there at each of ``--batch-sizes`` and each of ``--dtypes`` (float32, and bfloat16 through
@@ -33,8 +39,8 @@ size per method. Errors are against a float32 naive loop on the GPU. See :func:`
 (``--tiny`` runs that code on the CPU with a toy model: a check that it runs, for the dry run).
 
 Usage:
-    python benchmarks/bench_ism.py [--models basset,bpnet,transformer] [--batch-size 64]
-        [--repeats 3] [--skip tangermeme-full,grelu,naive] [--json out.json] [--wait-quiet 120]
+    python benchmarks/bench_ism.py [--models basset,bpnet,transformer,enformer,borzoi] [--batch-size 64]
+        [--repeats 3] [--quick] [--skip tangermeme-full,grelu,naive] [--json out.json] [--wait-quiet 120]
         [--device cuda --batch-sizes 256,1024,4096 --dtypes float32,bfloat16]
 
 Example:
@@ -93,12 +99,24 @@ def _model_specs(names: List[str]):
             specs.append(("BPNet-like", bench_models.bpnet_like(), 2114, bench_models.bpnet_counts_transform))
         elif name == "transformer":
             specs.append(("conv+transformer", bench_models.conv_transformer(), 1000, None))
+        elif name == "enformer":
+            specs.append(("Enformer-like", bench_models.enformer_like(), 4096, None))
+        elif name == "borzoi":
+            specs.append(("Borzoi-like", bench_models.borzoi_like(), 4096, None))
         else:
             raise SystemExit(f"--models: unknown model {name!r}")
     return specs
 
 
-def _methods(model, length, transform, seq: str, idx: torch.Tensor, batch_size: int, skip: set):
+#: mutated range per model label (default: every position): the 4096-bp models mutate the 32
+#: central positions, as gReLU users do around a variant (96 mutants)
+_RANGES = {"Enformer-like": (2032, 2064), "Borzoi-like": (2032, 2064)}
+
+
+def _methods(model, length, transform, seq: str, idx: torch.Tensor, batch_size: int, skip: set,
+             span: Optional[tuple] = None):
+    start, end = span if span is not None else (0, length)
+    n_pos = end - start
     wrapped = _WithTransform(model, transform).eval()
     x1 = _onehot(idx[None])  # (1, 4, L)
     out: Dict[str, Callable[[], np.ndarray]] = {}
@@ -107,12 +125,14 @@ def _methods(model, length, transform, seq: str, idx: torch.Tensor, batch_size: 
     def bw(engine):
         def run():
             y = basewise.ISM_predict(seq, model, prediction_transform=transform, batch_size=batch_size,
-                                     return_df=False, engine=engine, progress=False)
-            return y.reshape(length, 4, -1)
+                                     return_df=False, engine=engine, progress=False, start_pos=start,
+                                     end_pos=end)
+            return y.reshape(n_pos, 4, -1)
         return run
 
     out["basewise incremental"] = bw("incremental")
     out["basewise full"] = bw("full")
+    out["basewise auto"] = bw("auto")
 
     try:
         import tangermeme
@@ -126,14 +146,14 @@ def _methods(model, length, transform, seq: str, idx: torch.Tensor, batch_size: 
                     with warnings.catch_warnings(record=True) as w:
                         warnings.simplefilter("always")
                         res = sm.saturation_mutagenesis(wrapped, x1, batch_size=batch_size, raw_outputs=True,
-                                                        device="cpu", fast=fast)
+                                                        device="cpu", fast=fast, start=start, end=end)
                     msgs = [str(m.message) for m in w if "fast=False" in str(m.message)]
                     if msgs:
                         notes["tangermeme fast"] = "fell back to fast=False: " + msgs[0][:160]
                 finally:
                     sm._FAST_MIN_SECONDS = old
-                y = res.y_hat  # (1, 4, L, *out)
-                return y.reshape(4, length, -1).permute(1, 0, 2).numpy()
+                y = res.y_hat  # (1, 4, P, *out)
+                return y.reshape(4, n_pos, -1).permute(1, 0, 2).numpy()
             return run
 
         if "tangermeme-fast" not in skip:
@@ -144,7 +164,7 @@ def _methods(model, length, transform, seq: str, idx: torch.Tensor, batch_size: 
     except ImportError:
         notes["tangermeme fast"] = notes["tangermeme full"] = "tangermeme not installed"
 
-    if "grelu" not in skip:
+    if "grelu" not in skip and span is None:
         try:
             grelu_run = _grelu_method(model, transform, seq, length, batch_size)
         except ImportError:
@@ -160,14 +180,14 @@ def _methods(model, length, transform, seq: str, idx: torch.Tensor, batch_size: 
         def naive():
             with torch.inference_mode():
                 y0 = wrapped(x1).reshape(1, -1)
-                muts = torch.tensor([(p, a) for p in range(length) for a in range(4) if a != int(idx[p])])
-                res = torch.empty(length, 4, y0.shape[1])
+                muts = torch.tensor([(p, a) for p in range(start, end) for a in range(4) if a != int(idx[p])])
+                res = torch.empty(n_pos, 4, y0.shape[1])
                 res[:] = y0
                 for s in range(0, muts.shape[0], batch_size):
                     mb = muts[s:s + batch_size]
                     m = idx[None].repeat(mb.shape[0], 1)
                     m[torch.arange(mb.shape[0]), mb[:, 0]] = mb[:, 1]
-                    res[mb[:, 0], mb[:, 1]] = wrapped(_onehot(m)).reshape(mb.shape[0], -1)
+                    res[mb[:, 0] - start, mb[:, 1]] = wrapped(_onehot(m)).reshape(mb.shape[0], -1)
             return res.numpy()
         out["naive loop"] = naive
     return out, notes
@@ -230,9 +250,11 @@ def _fmt(ts: List[float]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> Dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", default="basset,bpnet,transformer")
+    ap.add_argument("--models", default="basset,bpnet,transformer,enformer,borzoi")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true",
+                    help="CPU: one repeat, without tangermeme full recompute and the naive loop")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip", default="", help="comma list of: tangermeme-fast, tangermeme-full, grelu, naive")
     ap.add_argument("--json", default=None)
@@ -247,6 +269,9 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         return _main_sweep(args)
     torch.set_num_threads(args.threads)
     skip = set(s for s in args.skip.split(",") if s)
+    if args.quick:
+        args.repeats = 1
+        skip |= {"tangermeme-full", "naive"}
     results = {"threads": args.threads, "batch_size": args.batch_size, "models": {}}
     print(f"# bench_ism: CPU, {torch.get_num_threads()} threads, batch size {args.batch_size}, "
           f"torch {torch.__version__}, medians of {args.repeats} (min)")
@@ -254,12 +279,13 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         rng = np.random.RandomState(0)
         idx = torch.as_tensor(rng.randint(0, 4, size=length))
         seq = "".join("ACGT"[i] for i in idx.tolist())
-        n_mut = 3 * length
+        span = _RANGES.get(label)
+        n_mut = 3 * (span[1] - span[0] if span else length)
         t0 = time.perf_counter()
         plan = plan_ism(model, length, prediction_transform=transform, use_cache=False)
         capture = time.perf_counter() - t0
-        plan_ism(model, length, prediction_transform=transform)  # warm the cache used by ISM_predict
-        methods, notes = _methods(model, length, transform, seq, idx, args.batch_size, skip)
+        cached = plan_ism(model, length, prediction_transform=transform)  # the plan ISM_predict uses
+        methods, notes = _methods(model, length, transform, seq, idx, args.batch_size, skip, span)
         # correctness first
         ref = methods["naive loop"]() if "naive loop" in methods else methods["basewise full"]()
         scale = float(np.abs(ref).max())
@@ -275,7 +301,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 fn()
                 times[name].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"\n## {label}: L = {length}, {n_mut} mutants, plan capture {capture:.2f} s, "
+        print(f"\n## {label}: L = {length}, {n_mut} mutants"
+              f"{f' (positions {span[0]}-{span[1]})' if span else ''}, plan capture {capture:.2f} s, "
               f"predicted FLOP ratio {plan.predicted_flop_ratio:.2f}x")
         print("| method | seconds | mutants/s | vs basewise full | basewise incr. speedup | max err / scale |")
         print("|---|---|---|---|---|---|")
@@ -289,6 +316,14 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         print(f"measured full/incremental ratio {med['basewise full'] / med['basewise incremental']:.2f}x vs "
               f"predicted FLOP ratio {plan.predicted_flop_ratio:.2f}x "
               f"({100 * med['basewise full'] / med['basewise incremental'] / plan.predicted_flop_ratio:.0f}% of the floor)")
+        probe = cached.probe(args.batch_size)  # measured by the 'auto' runs above (cached with the plan)
+        measured = med["basewise full"] / med["basewise incremental"]
+        predicted = probe.ratio if probe is not None else cached.static_ratio
+        print(f"predicted speed-up {predicted:.2f}x ({'timed probe' if probe is not None else 'static model'}; "
+              f"static FLOPs + bytes model {cached.static_ratio:.2f}x) vs measured {measured:.2f}x: "
+              f"{100 * (predicted / measured - 1):+.0f}%; auto picked "
+              f"{'incremental' if cached.worthwhile else 'full'} "
+              f"({med['basewise auto'] / min(med['basewise full'], med['basewise incremental']):.2f}x the faster engine's time)")
         peers = [k for k in ("tangermeme full", "gReLU", "naive loop") if k in med]
         if peers:
             print("full recompute: basewise full is " + ", ".join(
@@ -301,6 +336,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
             print(f"WARNING: predictions differ by more than 1e-5 of the output scale: {bad}")
         results["models"][label] = {"length": length, "mutants": n_mut, "capture_s": capture,
                                     "predicted_flop_ratio": plan.predicted_flop_ratio,
+                                    "predicted_ratio": predicted, "static_ratio": cached.static_ratio,
+                                    "measured_ratio": measured, "span": span,
                                     "times": times, "errors": errs, "notes": notes}
         sys.stdout.flush()
     if args.json:
