@@ -99,3 +99,21 @@ def test_two_gpus_share_the_batches():
 def test_native_kernels_run_on_this_gpu():
     """The build check of gpu_check.sh: kernels compiled for this GPU (or PTX it can JIT)."""
     assert ops.fallback_reason(0) is None, ops.fallback_reason(0)
+
+
+def test_host_results_order_and_buffer_reuse():
+    """Results land in submission order, at most `depth` behind, in at most `depth` pinned buffers."""
+    from basewise.ism import _HostResults
+
+    sink = _HostResults(torch.device("cuda", 0), depth=2)
+    got = []
+    ys = [torch.full((n, 3), float(i), device="cuda", dtype=dt)
+          for i, (n, dt) in enumerate([(5, torch.float32), (7, torch.bfloat16), (2, torch.float32),
+                                       (9, torch.float16), (0, torch.float32)])]
+    for y in ys:
+        sink.submit(y, lambda h: got.append(h.clone()))
+        assert len(sink._pending) <= 2 and len(sink._free) + len(sink._pending) <= 2
+    sink.drain()
+    assert [g.shape for g in got] == [y.shape for y in ys]
+    for g, y in zip(got, ys):
+        assert g.is_pinned() and g.dtype == y.dtype and torch.equal(g, y.cpu())
