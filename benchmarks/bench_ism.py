@@ -347,8 +347,12 @@ def main(argv: Optional[List[str]] = None) -> Dict:
 
 
 def _gpu_methods(model, length: int, transform, seq: str, idx: torch.Tensor, dev: torch.device, skip: set,
-                 notes: Dict[str, str]) -> Dict[str, Callable[[int, torch.dtype], np.ndarray]]:
-    """GPU runners ``(batch_size, dtype) -> (L, 4, outputs) array`` of every available method."""
+                 notes: Dict[str, str], span: Optional[tuple] = None
+                 ) -> Dict[str, Callable[[int, torch.dtype], np.ndarray]]:
+    """GPU runners ``(batch_size, dtype) -> (P, 4, outputs) array`` of every available method, for
+    the mutated positions ``span`` = [start, end) (default: all)."""
+    start, end = span if span is not None else (0, length)
+    n_pos = end - start
     wrapped = _WithTransform(model, transform).eval()
     x1 = _onehot(idx[None])  # (1, 4, L), CPU: each method moves its inputs itself
     auto = lambda dt: torch.autocast(dev.type, dtype=dt, enabled=dt != torch.float32)  # noqa: E731
@@ -364,9 +368,9 @@ def _gpu_methods(model, length: int, transform, seq: str, idx: torch.Tensor, dev
                 m = low.get(dt) or low.setdefault(dt, copy.deepcopy(model).to(dt))
                 notes["basewise incremental"] = f"half precision: a {str(dt)[6:]} copy of the model (weights in {str(dt)[6:]})"
             y = basewise.ISM_predict(seq, m, prediction_transform=transform, batch_size=bs, return_df=False,
-                                     engine=engine, progress=False, devices=dev,
+                                     engine=engine, progress=False, devices=dev, start_pos=start, end_pos=end,
                                      dtype=None if dt == torch.float32 else dt)
-            return y.reshape(length, 4, -1)
+            return y.reshape(n_pos, 4, -1)
         return run
 
     out["basewise incremental"] = bw("incremental")
@@ -382,10 +386,10 @@ def _gpu_methods(model, length: int, transform, seq: str, idx: torch.Tensor, dev
                     with warnings.catch_warnings(), auto(dt):
                         warnings.simplefilter("ignore")
                         res = sm.saturation_mutagenesis(wrapped, x1, batch_size=bs, raw_outputs=True,
-                                                        device=str(dev), fast=fast)
+                                                        device=str(dev), fast=fast, start=start, end=end)
                 finally:
                     sm._FAST_MIN_SECONDS = old
-                return res.y_hat.float().reshape(4, length, -1).permute(1, 0, 2).cpu().numpy()
+                return res.y_hat.float().reshape(4, n_pos, -1).permute(1, 0, 2).cpu().numpy()
             return run
 
         for key, fast in (("tangermeme-fast", True), ("tangermeme-full", False)):
@@ -393,7 +397,7 @@ def _gpu_methods(model, length: int, transform, seq: str, idx: torch.Tensor, dev
                 out[key.replace("-", " ")] = tm(fast)
     except ImportError:
         notes["tangermeme"] = "tangermeme not installed"
-    if "grelu" not in skip:
+    if "grelu" not in skip and span is None:
         try:
             importlib.import_module("grelu.interpret.score")
         except ImportError:
@@ -409,14 +413,16 @@ def _gpu_methods(model, length: int, transform, seq: str, idx: torch.Tensor, dev
             with torch.inference_mode(), auto(dt):
                 i = idx.to(dev)
                 y0 = wrapped(_onehot(i[None].cpu()).to(dev)).float().reshape(1, -1)
-                muts = torch.tensor([(p, a) for p in range(length) for a in range(4) if a != int(idx[p])], device=dev)
-                res = y0.expand(length * 4, -1).reshape(length, 4, -1).clone()
+                muts = torch.tensor([(p, a) for p in range(start, end) for a in range(4) if a != int(idx[p])],
+                                    device=dev)
+                res = y0.expand(n_pos * 4, -1).reshape(n_pos, 4, -1).clone()
                 eye = torch.eye(4, device=dev)
                 for s0 in range(0, muts.shape[0], bs):
                     mb = muts[s0:s0 + bs]
                     m = i[None].repeat(mb.shape[0], 1)
                     m[torch.arange(mb.shape[0], device=dev), mb[:, 0]] = mb[:, 1]
-                    res[mb[:, 0], mb[:, 1]] = wrapped(eye[m].transpose(1, 2).contiguous()).float().reshape(mb.shape[0], -1)
+                    res[mb[:, 0] - start, mb[:, 1]] = wrapped(eye[m].transpose(1, 2).contiguous()).float().reshape(
+                        mb.shape[0], -1)
             return res.cpu().numpy()
         out["naive loop"] = naive
     return out
@@ -479,9 +485,10 @@ def _main_sweep(args) -> Dict:
         rng = np.random.RandomState(0)
         idx = torch.as_tensor(rng.randint(0, 4, size=length))
         seq = "".join("ACGT"[i] for i in idx.tolist())
-        n_mut = 3 * length
+        span = _RANGES.get(label)
+        n_mut = 3 * (span[1] - span[0] if span else length)
         notes: Dict[str, str] = {}
-        methods = _gpu_methods(model, length, transform, seq, idx, dev, skip, notes)
+        methods = _gpu_methods(model, length, transform, seq, idx, dev, skip, notes, span)
         t0 = time.perf_counter()
         plan = plan_ism(model, length, prediction_transform=transform, device=dev, use_cache=False)
         capture = time.perf_counter() - t0
@@ -510,7 +517,8 @@ def _main_sweep(args) -> Dict:
                 best = min(ok, key=ok.get) if ok else None
                 rows[name] = {"per_batch_s": per_bs, "best_batch": best, "best_s": ok.get(best), "error": err}
             full = rows.get("basewise full", {}).get("best_s")
-            print(f"\n## {label}, {dname}: L = {length}, {n_mut} mutants, plan capture {capture:.2f} s, "
+            print(f"\n## {label}, {dname}: L = {length}, {n_mut} mutants"
+                  f"{f' (positions {span[0]}-{span[1]})' if span else ''}, plan capture {capture:.2f} s, "
                   f"predicted FLOP ratio {plan.predicted_flop_ratio:.2f}x")
             print("| method | best batch | seconds | mutants/s | vs basewise full | mutants/s per batch size "
                   "| max err / scale |")
