@@ -538,9 +538,9 @@ def _main_sweep(args) -> Dict:
                                     "predicted_flop_ratio": plan.predicted_flop_ratio, "dtypes": res_m,
                                     "notes": notes}
         model.cpu()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1, default=str)
+        if args.json:  # after every model: a run stopped at its time limit keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=1, default=str)
     return results
 
 

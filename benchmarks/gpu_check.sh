@@ -10,7 +10,8 @@
 #   4. bench_ops  native ops vs plain PyTorch vs a device-to-device memcpy (CUDA events)
 #   5. ops_fallback  the same with the plain-PyTorch fallback forced (what users without kernels get)
 #   6. bench_ism  Basset-like: every method, batch-size sweep, float32 and bfloat16
-#   7. bench_ism_more  BPNet-like and conv+transformer, a shorter sweep
+#   7. bench_ism_more  BPNet-like, conv+transformer, Enformer-/Borzoi-like (32 central positions),
+#                 a shorter sweep (its JSON is written after each model)
 #   8. bench_attr attributions on the GPU
 # Each step runs under `timeout` (and never past the overall budget, GPU_CHECK_BUDGET seconds,
 # default 480); a failed or timed-out step is recorded and the next one runs. Logs, JSON tables and
@@ -192,7 +193,7 @@ else
     --json "$out/ops_fallback.json"
   run_step bench_ism 170 "$py" benchmarks/bench_ism.py --device cuda --models basset \
     --batch-sizes 256,1024,4096 --dtypes float32,bfloat16 --repeats 3 --json "$out/bench_ism.json"
-  run_step bench_ism_more 120 "$py" benchmarks/bench_ism.py --device cuda --models bpnet,transformer \
+  run_step bench_ism_more 120 "$py" benchmarks/bench_ism.py --device cuda --models bpnet,transformer,enformer,borzoi \
     --batch-sizes 512,2048 --dtypes float32,bfloat16 --repeats 2 --skip tangermeme-full,grelu \
     --json "$out/bench_ism_more.json"
   run_step bench_attr 90 "$py" benchmarks/bench_attr.py --device cuda --models basset,bpnet \
