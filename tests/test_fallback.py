@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 import basewise
 from basewise import _torch_ops, ops
 
-from test_ops import _opcheck_samples, make_ref, test_raw_ops_are_memory_safe_with_bad_indices
+from test_ops import _opcheck_samples, make_ref
+from test_ops import test_raw_ops_are_memory_safe_with_bad_indices as _memory_safety_check  # not collected here
 
 HYP = settings(max_examples=25, deadline=None)
 
@@ -148,7 +149,7 @@ def test_conv_delta_matches_native(case, Cout, K, stride, dilation, padding, dty
 
 
 def test_raw_ops_memory_safe_under_fallback(forced):
-    test_raw_ops_are_memory_safe_with_bad_indices("cpu")
+    _memory_safety_check("cpu")
 
 
 def test_opcheck_under_fallback(forced):
