@@ -21,7 +21,8 @@ import basewise
 from basewise import _torch_ops, ops
 
 from test_ops import _opcheck_samples, make_ref
-from test_ops import test_raw_ops_are_memory_safe_with_bad_indices as _memory_safety_check  # not collected here
+from test_ops import test_log2fc_is_correctly_rounded as _log2fc_check  # (aliases: not collected here)
+from test_ops import test_raw_ops_are_memory_safe_with_bad_indices as _memory_safety_check
 
 HYP = settings(max_examples=25, deadline=None)
 
@@ -150,6 +151,11 @@ def test_conv_delta_matches_native(case, Cout, K, stride, dilation, padding, dty
 
 def test_raw_ops_memory_safe_under_fallback(forced):
     _memory_safety_check("cpu")
+
+
+def test_log2fc_correctly_rounded_under_fallback(forced):
+    """42,000 ratios over 60 binades: the fallback's log2 is correctly rounded, like the kernels'."""
+    _log2fc_check("cpu")
 
 
 def test_opcheck_under_fallback(forced):
