@@ -318,7 +318,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
               f"({100 * med['basewise full'] / med['basewise incremental'] / plan.predicted_flop_ratio:.0f}% of the floor)")
         probe = cached.probe(args.batch_size)  # measured by the 'auto' runs above (cached with the plan)
         measured = med["basewise full"] / med["basewise incremental"]
-        predicted = probe.ratio if probe is not None else cached.static_ratio
+        predicted = probe.speedup(n_mut) if probe is not None else cached.static_ratio  # job, set-up included
         print(f"predicted speed-up {predicted:.2f}x ({'timed probe' if probe is not None else 'static model'}; "
               f"static FLOPs + bytes model {cached.static_ratio:.2f}x) vs measured {measured:.2f}x: "
               f"{100 * (predicted / measured - 1):+.0f}%; auto picked "

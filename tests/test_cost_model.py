@@ -43,6 +43,10 @@ def test_probe_is_measured_once_and_cached():
     assert isinstance(pr, IsmProbe)
     assert pr.full_s > 0 and pr.incremental_s > 0 and pr.ratio == pytest.approx(pr.full_s / pr.incremental_s)
     assert pr.batch_size == 16 and 4 <= pr.full_batch <= 16
+    assert pr.full_setup_s > 0 and pr.incremental_setup_s > 0
+    assert pr.speedup() == pr.ratio
+    assert pr.speedup(10 ** 9) == pytest.approx(pr.ratio, rel=1e-3)  # set-up amortised
+    assert pr.speedup(1) == pytest.approx((pr.full_s + pr.full_setup_s) / (pr.incremental_s + pr.incremental_setup_s))
     assert measure_plan(plan, batch_size=16) is pr  # cached with the plan
     assert plan.probe(16) is pr and plan.predicted_ratio == pr.ratio
     assert measure_plan(plan, batch_size=16, refresh=True) is not pr

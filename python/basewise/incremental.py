@@ -427,7 +427,10 @@ class IsmPlan:
         for (b, t, dev, _), pr in self._probes.items():
             lines.append(f"timed probe ({dev}, {t} threads, batch size {b}): full "
                          f"{pr.full_s * 1e3:.3f} ms/mutant, incremental {pr.incremental_s * 1e3:.3f} "
-                         f"ms/mutant, predicted speed-up {pr.ratio:.2f}x")
+                         f"ms/mutant, predicted speed-up {pr.ratio:.2f}x per mutant, "
+                         f"{pr.speedup(3 * self.length):.2f}x for the {3 * self.length} mutants of one "
+                         f"sequence (set-up: full {pr.full_setup_s:.3f} s, incremental "
+                         f"{pr.incremental_setup_s:.3f} s)")
         return "\n".join(lines)
 
 
@@ -1534,6 +1537,10 @@ class IsmProbe:
         batch_size: mutants per timed batch of the incremental path.
         full_batch: mutants in the timed full-recompute batch (smaller than ``batch_size`` when
             a batch would exceed the probe's time budget).
+        full_setup_s: seconds per sequence the full path spends before its mutants (the
+            reference forward).
+        incremental_setup_s: the same for the incremental path (predictor and the reference
+            activations it caches).
     """
 
     full_s: float
@@ -1541,6 +1548,21 @@ class IsmProbe:
     ratio: float
     batch_size: int
     full_batch: int
+    full_setup_s: float = 0.0
+    incremental_setup_s: float = 0.0
+
+    def speedup(self, n_mutants: Optional[int] = None) -> float:
+        """Predicted speed-up of a job of ``n_mutants`` mutants of one sequence, set-up included
+        (None: per mutant, i.e. :attr:`ratio`).
+
+        Example:
+            >>> IsmProbe(2.0, 0.5, 4.0, 64, 64, 2.0, 2.5).speedup(3)
+            2.0
+        """
+        if n_mutants is None:
+            return self.ratio
+        inc = n_mutants * self.incremental_s + self.incremental_setup_s
+        return (n_mutants * self.full_s + self.full_setup_s) / max(inc, 1e-12)
 
 
 def measure_plan(plan: IsmPlan, full_factory: Optional[Callable] = None, batch_size: int = 64,
@@ -1631,8 +1653,11 @@ def measure_plan(plan: IsmPlan, full_factory: Optional[Callable] = None, batch_s
         eval_mode(model)
         full = full_factory(ref)
         per = timed(lambda: full.predict(muts[:2])) / 2  # the model's forward first: warm-up
+        IncrementalPredictor(plan, ref)  # prepares the plan's static state, as a first call does
+        t0 = time.perf_counter()
         inc = IncrementalPredictor(plan, ref)
         inc.reference()
+        t_setup = time.perf_counter() - t0
         nf = int(min(batch_size, max(4, budget_s // max(per, 1e-9))))
         timed(lambda: inc.predict(muts[:batch_size]))  # first use: index tables, caches
         # alternate the two, keep each side's fastest run: a load spike on this shared machine
@@ -1646,7 +1671,7 @@ def measure_plan(plan: IsmPlan, full_factory: Optional[Callable] = None, batch_s
         while len(ti) < 3 and sum(ti) + min(ti) <= budget_s:
             ti.append(timed(lambda: inc.predict(muts[:batch_size])))
         t_full, t_inc = min(tf) / nf, min(ti) / batch_size
-    pr = IsmProbe(t_full, t_inc, t_full / max(t_inc, 1e-12), batch_size, nf)
+    pr = IsmProbe(t_full, t_inc, t_full / max(t_inc, 1e-12), batch_size, nf, per, t_setup)
     plan._probes[key] = pr
     return pr
 
