@@ -450,8 +450,16 @@ def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine,
             fwd = _autocast_forward(fwd, dev, dtype)
         if engine == "auto" and not workers:
             # Capturing a model for the incremental engine costs ~0.3-1 s; it only pays off when
-            # full recompute would take longer. Estimate that from one timed reference forward.
-            capture_ok = _estimated_full_seconds(fwd, ref_all[:1].to(dev), m_dtype, n_mutants_total) > 1.0
+            # full recompute would take longer. Estimate that from one timed reference forward,
+            # unless a plan with a timed probe for this batch size is cached (nothing to capture
+            # or measure: the estimate's forward would be pure overhead)
+            from .incremental import plan_ism
+
+            cached = plan_ism(m, length, prediction_transform=prediction_transform, device=dev, dtype=m_dtype,
+                              cached_only=True)
+            capture_ok = (cached.supported and cached.probe(batch_size) is not None
+                          and cached.probe(batch_size).batch_size == batch_size) or \
+                _estimated_full_seconds(fwd, ref_all[:1].to(dev), m_dtype, n_mutants_total) > 1.0
         factory, name = _make_predictor(engine, m, fwd, length, dev, m_dtype, prediction_transform,
                                         cached_only=not capture_ok, batch_size=batch_size)
         full_factory = lambda ref_idx, fwd=fwd: FullPredictor(fwd, ref_idx, m_dtype, check=False)  # noqa: E731
