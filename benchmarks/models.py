@@ -301,7 +301,7 @@ def _filters(start: int, end: int, n: int, divisible_by: int = 32) -> list:
     if n == 1:
         return [end]
     base = (end / start) ** (1.0 / (n - 1))
-    return [int(round(start * base ** i / divisible_by) * divisible_by) for i in range(n)]
+    return [max(divisible_by, int(round(start * base ** i / divisible_by) * divisible_by)) for i in range(n)]
 
 
 class EnformerLike(nn.Module):
