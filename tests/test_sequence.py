@@ -1,5 +1,6 @@
 """Sequence input conversion (spec section 2.5) and model-state preservation."""
 
+import sys
 import numpy as np
 import pandas as pd
 import pytest
@@ -119,3 +120,22 @@ def test_preserved_model_state_restores_everything_on_error():
     assert model.transform is transform
     assert model[0].weight is weight and weight.dtype == torch.float32 and weight.requires_grad
     assert model[1].running_mean.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["missing.fa", "missing.fa.gz", "sub/hg38.fasta", "x.fna"])
+def test_missing_fasta_path_is_a_missing_file_with_or_without_genomepy(tmp_path, monkeypatch, name):
+    """A path-like genome that does not exist is never handed to genomepy (which would report
+    its own FileNotFoundError): the error names genome and the file."""
+    import types
+
+    fake = types.ModuleType("genomepy")
+
+    def genome(*a, **k):
+        raise FileNotFoundError("could not find it in genome_dir")
+
+    fake.Genome = genome
+    monkeypatch.setitem(sys.modules, "genomepy", fake)
+    df = pd.DataFrame({"chrom": ["chr1"], "start": [0], "end": [4]})
+    path = str(tmp_path / name)
+    with pytest.raises(SequenceInputError, match="genome: FASTA file .* does not exist"):
+        intervals_to_strings(df, path)

@@ -112,6 +112,9 @@ def _strings_to_indices(seqs: Sequence[str]) -> np.ndarray:
     return out
 
 
+_FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz", ".fa.bgz", ".fasta.bgz")
+
+
 def _load_genome(genome: Any):
     """A pyfaidx.Fasta for a path or open Fasta, or a genomepy Genome for a name."""
     if genome is None:
@@ -122,6 +125,10 @@ def _load_genome(genome: Any):
         import pyfaidx
 
         return pyfaidx.Fasta(os.fspath(genome), sequence_always_upper=False, rebuild=False)
+    text = os.fspath(genome) if isinstance(genome, (str, os.PathLike)) else str(genome)
+    if isinstance(genome, os.PathLike) or os.sep in text or text.lower().endswith(_FASTA_SUFFIXES):
+        # a path, not a genomepy name: a missing file is reported as such, with or without genomepy
+        raise SequenceInputError(f"genome: FASTA file {text!r} does not exist")
     try:
         import genomepy  # optional extra: basewise[genome]
     except ImportError:
