@@ -40,6 +40,7 @@ import collections
 import contextlib
 import dataclasses
 import os
+import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
@@ -61,12 +62,21 @@ def _import_ray():
 
 @contextlib.contextmanager
 def _loopback_env() -> Iterator[None]:
-    """While a local Ray instance starts: make Ray keep 127.0.0.1 as its node address."""
+    """While a local Ray instance starts: make Ray keep 127.0.0.1 as its node address.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when it is imported (its processes started
+    now inherit the variable); in this already running process the constant it was read into is
+    set for the duration of the start, then both are restored."""
+    from ray._private import ray_constants
+
     old = os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    old_const = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
     finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_const
         if old is None:
             os.environ.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
         else:
@@ -106,6 +116,40 @@ def _connect(address: Any) -> bool:
     return True
 
 
+def _cause(e: BaseException) -> str:
+    """The last meaningful line of a Ray error (the remote exception's own message)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith(" ")]
+    errs = [ln for ln in lines if "Error" in ln.split(":")[0]]
+    return (errs[-1] if errs else (lines[-1] if lines else type(e).__name__))[:300]
+
+
+def _pickle_user_modules_by_value(*objs: Any) -> None:
+    """Modules of the user's own classes (a script, a notebook helper file) may not be
+    importable on the workers: ship them by value (cloudpickle), as Ray recommends. Installed
+    packages (site-packages, the standard library, torch, basewise) stay by reference."""
+    import inspect
+
+    from ray import cloudpickle
+
+    seen = set()
+    for obj in objs:
+        if obj is None:
+            continue
+        mods = obj.modules() if hasattr(obj, "modules") else [obj]
+        for m in mods:
+            name = type(m).__module__
+            if name in seen or name in ("__main__", "builtins"):
+                continue
+            seen.add(name)
+            mod = sys.modules.get(name)
+            path = getattr(mod, "__file__", None) or ""
+            if not path or "site-packages" in path or "dist-packages" in path or name.split(".")[0] in (
+                    "torch", "basewise", "grelu", "enformer_pytorch") or path.startswith(sys.base_prefix):
+                continue
+            if inspect.ismodule(mod):
+                cloudpickle.register_pickle_by_value(mod)
+
+
 class _Worker:
     """A model replica (a Ray actor): loads the model once, scores chunks of regions."""
 
@@ -137,10 +181,13 @@ class RayRunner:
         address: ``"local"``, ``"auto"``, ``True`` or a ``ray://`` address.
         workers: number of actors. Default None (see the module docstring).
         threads_per_worker: torch threads per actor. Default None (see the module docstring).
+        stall_s: a chunk waiting longer than ``max(stall_s, 5 x the median chunk time)`` is
+            started again on another actor. Default 60 (environment: BASEWISE_RAY_STALL_S).
     """
 
     def __init__(self, job: RegionJob, address: Any, *, workers: Optional[int] = None,
-                 threads_per_worker: Optional[int] = None) -> None:
+                 threads_per_worker: Optional[int] = None, stall_s: float = 60.0) -> None:
+        self.stall_s = float(os.environ.get("BASEWISE_RAY_STALL_S", stall_s))
         for name, v in (("--workers", workers), ("--threads-per-worker", threads_per_worker)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
                 raise RunError(f"{name}: expected a positive integer, got {v!r}")
@@ -162,6 +209,7 @@ class RayRunner:
             # an Aggregate built from options is rebuilt in each worker (it may hold the model)
             transform = None if job.transform_options else job.transform
             if job.model_spec is None:
+                _pickle_user_modules_by_value(job.model, job.transform)
                 model_ref = ray.put(job.model)  # once: every actor reads it from the object store
             wjob = dataclasses.replace(job, model=None, transform=transform)
             actor_cls = ray.remote(_Worker).options(
@@ -169,6 +217,12 @@ class RayRunner:
             self.actors = [actor_cls.remote(wjob, model_ref, threads_per_worker, self.gpu)
                            for _ in range(self.n_workers)]
             self.threads = threads_per_worker
+            # wait until every replica has loaded its model: a model that cannot load (a module
+            # missing on the workers, a file they cannot read) is one clear error, now
+            try:
+                ray.get([a.pid.remote() for a in self.actors])
+            except ray.exceptions.RayError as e:
+                raise RunError(f"--ray: a worker could not load the model: {_cause(e)}") from None
         except RunError:
             self.close()
             raise
@@ -177,24 +231,49 @@ class RayRunner:
             raise RunError(f"--ray: cannot start the workers: {type(e).__name__}: {e}") from None
 
     def run(self, chunks: List[np.ndarray], write: Callable[[np.ndarray, np.ndarray, np.ndarray], None]) -> None:
-        """Score ``chunks`` on the actors; ``write`` each result here as it arrives."""
+        """Score ``chunks`` on the actors; ``write`` each result here as it arrives.
+
+        A chunk whose actor cannot come back (Ray gave up on it) goes to another actor. A chunk
+        that has waited much longer than chunks usually take (``max(stall_s, 5 x median chunk
+        time)``; e.g. its actor waits for a restart that no node has room for) is also started
+        on another actor; whichever copy finishes first is written, the other is ignored.
+        """
+        import time
+
         ray = self.ray
         queue = collections.deque(range(len(chunks)))
-        pending: Dict[Any, tuple] = {}  # future -> (chunk number, actor)
+        pending: Dict[Any, tuple] = {}  # future -> (chunk number, actor, submit time)
         load = {id(a): 0 for a in self.actors}
         alive = list(self.actors)
-        failures = collections.Counter()
-        while queue or pending:
+        failures: collections.Counter = collections.Counter()
+        done = set()
+        durations: List[float] = []
+        copies: collections.Counter = collections.Counter()
+
+        def submit(k: int, a: Any) -> None:
+            pending[a.score.remote(chunks[k])] = (k, a, time.monotonic())
+            load[id(a)] += 1
+            copies[k] += 1
+
+        while len(done) < len(chunks):
             for a in list(alive):
                 while queue and load[id(a)] < _IN_FLIGHT:
                     k = queue.popleft()
-                    pending[a.score.remote(chunks[k])] = (k, a)
-                    load[id(a)] += 1
+                    if k not in done:
+                        submit(k, a)
             if not pending:
                 raise RunError("--ray: no worker is left to run the remaining chunks")
-            ready, _ = ray.wait(list(pending), num_returns=1)
+            stall = max(self.stall_s, 5 * float(np.median(durations)) if durations else self.stall_s)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=stall)
+            if not ready:  # stalled: start the oldest waiting chunk again on the least loaded actor
+                f_old = min(pending, key=lambda f: pending[f][2])
+                k, a_old, _ = pending[f_old]
+                others = [a for a in alive if a is not a_old] or alive
+                if copies[k] < 3:
+                    submit(k, min(others, key=lambda a: load[id(a)]))
+                continue
             for f in ready:
-                k, a = pending.pop(f)
+                k, a, t0 = pending.pop(f)
                 load[id(a)] -= 1
                 try:
                     idx, indices, scores = ray.get(f)
@@ -204,17 +283,25 @@ class RayRunner:
                         raise RunError(f"{type(cause).__name__}: {str(cause).splitlines()[0]}") from None
                     raise
                 except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
-                        ray.exceptions.WorkerCrashedError):
+                        ray.exceptions.WorkerCrashedError) as e:
                     # Ray gave up on this actor (restarts are unlimited, so it is gone for good,
                     # e.g. no node can host it): hand the chunk to the others
                     failures[k] += 1
                     if failures[k] > 5:
-                        raise RunError(f"--ray: chunk {k} failed on 5 workers; stopping") from None
+                        raise RunError(f"--ray: chunk {k} failed on 5 workers; stopping ({_cause(e)})") from None
                     if a in alive and len(alive) > 1:
                         alive.remove(a)
-                    queue.append(k)
+                    if k not in done:
+                        queue.append(k)
                     continue
+                if k in done:  # a second copy of a chunk that was re-run after a stall
+                    continue
+                durations.append(time.monotonic() - t0)
+                done.add(k)
                 write(idx, indices, scores)
+        for f in list(pending):  # copies still running after their chunk was written
+            with contextlib.suppress(Exception):
+                ray.cancel(f)
 
     def close(self) -> None:
         """Stop the actors, and Ray itself when this runner started it."""
