@@ -516,3 +516,19 @@ def test_demo_refuses_non_positive_numbers(capsys, argv):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and "positive" in capsys.readouterr().err
+
+
+def test_modisco_messages_name_the_cli_flags(files, tmp_path, capsys):
+    d = files["dir"]
+    out = tmp_path / "sal.h5"
+    argv = ["attribute", "-m", d / "model.ts", "--fasta", d / "seqs.fa", "-o", out, "-q", "--method", "saliency",
+            "--length-aggfunc", "mean", "--task-aggfunc", "mean"]
+    assert run(argv, capsys)[0] == 0
+    rc, _, err = run(["modisco", out, "-o", tmp_path / "m"], capsys)
+    assert rc == 2 and "--allow-non-hypothetical" in err and "allow_non_hypothetical=True" not in err
+
+
+def test_dtype_refused_before_the_output_file_exists(files, tmp_path, capsys):
+    out = tmp_path / "f64.h5"
+    rc, _, err = run(ism_args(files, out, "--dtype", "float64"), capsys)
+    assert rc == 2 and err.count("\n") == 1 and "--dtype" in err and not out.exists()

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import basewise
-from basewise.incremental import plan_ism
+from basewise.incremental import IsmPlan, plan_ism
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _fuzz_models import random_model, random_seqs  # noqa: E402
@@ -152,6 +152,8 @@ def test_safety_net_catches_a_wrong_rule(monkeypatch, bad_pos, bad_base):
         return y
 
     monkeypatch.setattr(IncrementalPredictor, "predict", wrong)
+    # 'auto' must take the incremental path here whatever the timed cost probe measures
+    monkeypatch.setattr(IsmPlan, "prefers_incremental", lambda self, *a, **k: True)
     with pytest.warns(RuntimeWarning, match="disagreed with full recompute"):
         auto = basewise.ISM_predict(seq, m, return_df=False)
     assert_same_ism(auto, full, "auto after the safety net")
@@ -442,6 +444,7 @@ def test_safety_net_runs_once_per_plan_and_range(monkeypatch):
     calls = []
     orig = ism_mod._spot_check
     monkeypatch.setattr(ism_mod, "_spot_check", lambda *a, **k: calls.append(a[4:6]) or orig(*a, **k))
+    monkeypatch.setattr(IsmPlan, "prefers_incremental", lambda self, *a, **k: True)
     torch.manual_seed(3)
     m = CenterCrop().eval()
     plan_ism(m, 301)

@@ -168,7 +168,9 @@ def _cmd_modisco(args) -> int:
             allow_non_hypothetical=args.allow_non_hypothetical,
         )
     except (ValueError, OSError) as e:
-        raise CLIError(f"modisco: {_first_line(e)}") from None
+        msg = _first_line(e).replace("allow_incomplete=True", "--allow-incomplete").replace(
+            "allow_non_hypothetical=True", "--allow-non-hypothetical")  # the CLI's names, not Python's
+        raise CLIError(f"modisco: {msg}") from None
     print(f"wrote {s} and {a}; next: modisco motifs -s {shlex.quote(s)} -a {shlex.quote(a)} "
           f"-n 2000 -o modisco_results.h5")
     return 0
