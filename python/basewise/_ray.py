@@ -91,7 +91,8 @@ def start_local_ray(num_cpus: Optional[int] = None, num_gpus: Optional[int] = No
     """
     ray = _import_ray()
     with _loopback_env():
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 _node_ip_address="127.0.0.1",
                  log_to_driver=False, configure_logging=False)
 
 

@@ -663,6 +663,17 @@ def _regions_for_run(regions: Any, genome: Optional[str], fasta: Optional[str], 
     return read_regions(fasta=fasta, bed=regions, genome=genome, width=width)
 
 
+def _probe_run_open(job: RegionJob, output: str, arguments: Dict[str, Any], info: Dict[str, Any], **run_kw: Any):
+    """Probe the first region, run the chunks, return the opened results with ``run_summary``."""
+    from .results import open_results
+
+    job.probe()
+    summary = run_job(job, output, arguments, info=info, **run_kw)
+    res = open_results(output)
+    res.run_summary = summary  # total, computed, resumed, shape, dtype of this call
+    return res
+
+
 def ism_regions(model: Any, regions: Any = None, genome: Optional[str] = None, output: str = "ism.h5", *,
                 fasta: Optional[str] = None, width: Optional[int] = None,
                 prediction_transform: Optional[Callable] = None, transform_options: Optional[Dict[str, Any]] = None,
@@ -714,7 +725,6 @@ def ism_regions(model: Any, regions: Any = None, genome: Optional[str] = None, o
         (2, 8, 4, 1, 1)
     """
     from .ism import ENGINES, _check_dtype, _check_compare
-    from .results import open_results
 
     regions_ = _regions_for_run(regions, genome, fasta, width)
     L = regions_.seq_len
@@ -743,15 +753,10 @@ def ism_regions(model: Any, regions: Any = None, genome: Optional[str] = None, o
                     score_kwargs=dict(start_pos=int(start_pos), end_pos=int(end), compare_func=compare_func,
                                       devices=devices, batch_size=batch_size, engine=engine, dtype=dtype),
                     sys_path=sys_path)
-    job.probe()
-    info = {"inputs": regions_.info, "model": wspec or ident.get("type")}
-    info.update(_info or {})
-    summary = run_job(job, output, arguments, info=info, chunk_size=chunk_size, overwrite=overwrite,
-                      compression=compression, progress=progress, ray=ray, workers=workers,
-                      threads_per_worker=threads_per_worker, log=_log)
-    res = open_results(output)
-    res.run_summary = summary  # total, computed, resumed, shape, dtype of this call
-    return res
+    info = {"inputs": regions_.info, "model": wspec or ident.get("type"), **(_info or {})}
+    return _probe_run_open(job, output, arguments, info, chunk_size=chunk_size, overwrite=overwrite,
+                           compression=compression, progress=progress, ray=ray, workers=workers,
+                           threads_per_worker=threads_per_worker, log=_log)
 
 
 def attribute_regions(model: Any, regions: Any = None, genome: Optional[str] = None,
@@ -786,7 +791,6 @@ def attribute_regions(model: Any, regions: Any = None, genome: Optional[str] = N
         (1, 4, 8)
     """
     from .attribution import METHODS
-    from .results import open_results
 
     regions_ = _regions_for_run(regions, genome, fasta, width)
     if method not in METHODS:
@@ -815,14 +819,9 @@ def attribute_regions(model: Any, regions: Any = None, genome: Optional[str] = N
     job = RegionJob("attribution", regions_, model=obj, model_spec=wspec, transform=transform,
                     transform_options=transform_options if prediction_transform is None else None,
                     score_kwargs=kw, sys_path=sys_path)
-    job.probe()
-    info = {"inputs": regions_.info, "model": wspec or ident.get("type")}
+    info = {"inputs": regions_.info, "model": wspec or ident.get("type"), **(_info or {})}
     if drawn is not None:
         info["deepshap_seed_drawn"] = drawn
-    info.update(_info or {})
-    summary = run_job(job, output, arguments, info=info, chunk_size=chunk_size, overwrite=overwrite,
-                      compression=compression, progress=progress, ray=ray, workers=workers,
-                      threads_per_worker=threads_per_worker, log=_log)
-    res = open_results(output)
-    res.run_summary = summary  # total, computed, resumed, shape, dtype of this call
-    return res
+    return _probe_run_open(job, output, arguments, info, chunk_size=chunk_size, overwrite=overwrite,
+                           compression=compression, progress=progress, ray=ray, workers=workers,
+                           threads_per_worker=threads_per_worker, log=_log)
