@@ -561,7 +561,9 @@ def run_job(job: RegionJob, output: str, arguments: Dict[str, Any], *, info: Opt
     and the Python API, local or on Ray.
 
     Returns:
-        ``{"total", "computed", "resumed", "shape", "dtype"}`` of the run.
+        ``{"total", "computed", "resumed", "shape", "dtype", "startup_s", "chunks_s"}`` of the run
+        (start-up: loading the model here, or starting the Ray workers; chunks: scoring and
+        writing every chunk).
 
     Raises:
         RunError: a bad output path, a file written by another run, a scoring error.
@@ -578,11 +580,15 @@ def run_job(job: RegionJob, output: str, arguments: Dict[str, Any], *, info: Opt
     if not os.path.isdir(parent):
         raise RunError(f"--output: folder {parent!r} does not exist")
     regions = job.regions
+    import time
+
     ray_ctx = None
+    t_start = time.perf_counter()
     if ray is not None:
         from . import _ray
 
         ray_ctx = _ray.RayRunner(job, ray, workers=workers, threads_per_worker=threads_per_worker)  # checks first
+    timing = {"startup_s": time.perf_counter() - t_start}
     try:
         writer = ResultsWriter(output, job.kind, regions.table, regions.seq_len, arguments, overwrite=overwrite,
                                chunk_regions=chunk_size, compression=compression, info=info or {})
@@ -610,12 +616,17 @@ def run_job(job: RegionJob, output: str, arguments: Dict[str, Any], *, info: Opt
             bar.update(len(idx))
 
         try:
+            if ray_ctx is None:
+                t0 = time.perf_counter()
+                job.prepare()
+                timing["startup_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
             if ray_ctx is not None:
                 ray_ctx.run(chunks, write)
             else:
-                job.prepare()
                 for idx in chunks:
                     write(*job.score(idx))
+            timing["chunks_s"] = time.perf_counter() - t0
         except KeyboardInterrupt:
             bar.close()
             raise RunInterrupted(int(writer.done.sum()), n, output) from None
@@ -629,7 +640,7 @@ def run_job(job: RegionJob, output: str, arguments: Dict[str, Any], *, info: Opt
                 ray_ctx.close()
         shape = writer._f["scores"].shape if "scores" in writer._f else None
         dtype = writer._f["scores"].dtype if shape else None
-    return {"total": n, "computed": n - already, "resumed": already, "shape": shape, "dtype": dtype}
+    return {"total": n, "computed": n - already, "resumed": already, "shape": shape, "dtype": dtype, **timing}
 
 
 def model_ident_for_compare(ident: Dict[str, Any]) -> Dict[str, Any]:
