@@ -52,8 +52,21 @@ MODEL_SRC = textwrap.dedent("""
         except Exception:
             return False
 
+    class Stalling(Net):
+        # sleeps for an hour once (a worker that never answers), when stall-once exists beside this file
+        def forward(self, x):
+            marker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stall-once")
+            if os.path.exists(marker) and _in_ray_worker():
+                os.remove(marker)
+                import time
+                time.sleep(3600)
+            return super().forward(x)
+
     def build():
         return Net()
+
+    def build_stalling():
+        return Stalling()
 
     def build_killing():
         return Killing()
@@ -248,3 +261,19 @@ def test_node_removed_mid_run_on_a_two_node_cluster(data, tmp_path, capsys, monk
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_chunk_stuck_behind_an_unavailable_actor_runs_elsewhere(local_ray, data, tmp_path, capsys, monkeypatch):
+    """A chunk whose actor never answers (here: a worker that sleeps forever on one region, like
+    an actor waiting for a restart no node has room for) is started again on another actor after
+    the stall time; the run completes with the same scores."""
+    stuck = data / "stall-once"
+    stuck.write_text("")
+    monkeypatch.setenv("BASEWISE_RAY_STALL_S", "3")
+    assert _run(_ism(data, tmp_path / "local.h5"), capsys)[0] == 0
+    args = _ism(data, tmp_path / "ray.h5", "--ray", "auto", "--workers", "2")
+    args[2] = data / "raymodels.py:build_stalling"
+    rc, _, err = _run(args, capsys)
+    assert rc == 0, err
+    assert not stuck.exists(), "no worker stalled"
+    np.testing.assert_array_equal(_scores(tmp_path / "ray.h5"), _scores(tmp_path / "local.h5"))

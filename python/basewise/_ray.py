@@ -250,6 +250,7 @@ class RayRunner:
         done = set()
         durations: List[float] = []
         copies: collections.Counter = collections.Counter()
+        last_ok: Dict[int, float] = {}  # actor -> when it last returned a chunk
 
         def submit(k: int, a: Any) -> None:
             pending[a.score.remote(chunks[k])] = (k, a, time.monotonic())
@@ -267,11 +268,12 @@ class RayRunner:
             stall = max(self.stall_s, 5 * float(np.median(durations)) if durations else self.stall_s)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=stall)
             if not ready:  # stalled: start the oldest waiting chunk again on the least loaded actor
-                f_old = min(pending, key=lambda f: pending[f][2])
-                k, a_old, _ = pending[f_old]
-                others = [a for a in alive if a is not a_old] or alive
-                if copies[k] < 3:
-                    submit(k, min(others, key=lambda a: load[id(a)]))
+                waiting = [f for f in pending if pending[f][0] not in done and copies[pending[f][0]] < 3]
+                if waiting:
+                    k, a_old, _ = pending[min(waiting, key=lambda f: pending[f][2])]
+                    others = [a for a in alive if a is not a_old] or alive
+                    # to the actor that answered last (known to be alive), then the least loaded
+                    submit(k, max(others, key=lambda a: (last_ok.get(id(a), -1.0), -load[id(a)])))
                 continue
             for f in ready:
                 k, a, t0 = pending.pop(f)
@@ -298,6 +300,7 @@ class RayRunner:
                 if k in done:  # a second copy of a chunk that was re-run after a stall
                     continue
                 durations.append(time.monotonic() - t0)
+                last_ok[id(a)] = time.monotonic()
                 done.add(k)
                 write(idx, indices, scores)
         for f in list(pending):  # copies still running after their chunk was written
