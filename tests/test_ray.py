@@ -40,10 +40,17 @@ MODEL_SRC = textwrap.dedent("""
         # SIGKILLs its own (Ray worker) process once, when kill-once exists beside this file
         def forward(self, x):
             marker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill-once")
-            if os.path.exists(marker) and _in_ray_worker():
-                os.remove(marker)
+            if os.path.exists(marker) and _in_ray_worker() and _claim(marker):
                 os.kill(os.getpid(), signal.SIGKILL)
             return super().forward(x)
+
+    def _claim(marker):
+        # exactly one worker wins the marker, however many see it at once
+        try:
+            os.remove(marker)
+            return True
+        except FileNotFoundError:
+            return False
 
     def _in_ray_worker():
         try:
@@ -56,8 +63,7 @@ MODEL_SRC = textwrap.dedent("""
         # sleeps for an hour once (a worker that never answers), when stall-once exists beside this file
         def forward(self, x):
             marker = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stall-once")
-            if os.path.exists(marker) and _in_ray_worker():
-                os.remove(marker)
+            if os.path.exists(marker) and _in_ray_worker() and _claim(marker):
                 import time
                 time.sleep(3600)
             return super().forward(x)
