@@ -7,7 +7,6 @@ different thread counts). Ray instances listen on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
 
@@ -170,16 +169,22 @@ def test_python_api_with_a_model_object(local_ray, data, tmp_path):
         assert r.run_summary["computed"] == len(bed)
 
 
-def test_worker_killed_mid_run_costs_only_its_chunks(local_ray, data, tmp_path, capsys, monkeypatch):
-    marker = data / "kill-once"
+def _faulty_worker_run_equals_local(data, tmp_path, capsys, builder: str, marker_name: str) -> None:
+    """Run ISM with a model whose worker misbehaves once (the marker file is claimed by exactly one
+    worker), and check the run completes with the single-process scores."""
+    marker = data / marker_name
     marker.write_text("")
     assert _run(_ism(data, tmp_path / "local.h5"), capsys)[0] == 0
     args = _ism(data, tmp_path / "ray.h5", "--ray", "auto", "--workers", "2")
-    args[2] = data / "raymodels.py:build_killing"
+    args[2] = data / f"raymodels.py:{builder}"
     rc, _, err = _run(args, capsys)
     assert rc == 0, err
-    assert not marker.exists(), "the worker was not killed"
+    assert not marker.exists(), f"no worker ran {builder}'s fault"
     np.testing.assert_array_equal(_scores(tmp_path / "ray.h5"), _scores(tmp_path / "local.h5"))
+
+
+def test_worker_killed_mid_run_costs_only_its_chunks(local_ray, data, tmp_path, capsys):
+    _faulty_worker_run_equals_local(data, tmp_path, capsys, "build_killing", "kill-once")
 
 
 def test_driver_interrupted_then_resumed(local_ray, data, tmp_path, capsys, monkeypatch):
@@ -273,13 +278,5 @@ def test_a_chunk_stuck_behind_an_unavailable_actor_runs_elsewhere(local_ray, dat
     """A chunk whose actor never answers (here: a worker that sleeps forever on one region, like
     an actor waiting for a restart no node has room for) is started again on another actor after
     the stall time; the run completes with the same scores."""
-    stuck = data / "stall-once"
-    stuck.write_text("")
     monkeypatch.setenv("BASEWISE_RAY_STALL_S", "3")
-    assert _run(_ism(data, tmp_path / "local.h5"), capsys)[0] == 0
-    args = _ism(data, tmp_path / "ray.h5", "--ray", "auto", "--workers", "2")
-    args[2] = data / "raymodels.py:build_stalling"
-    rc, _, err = _run(args, capsys)
-    assert rc == 0, err
-    assert not stuck.exists(), "no worker stalled"
-    np.testing.assert_array_equal(_scores(tmp_path / "ray.h5"), _scores(tmp_path / "local.h5"))
+    _faulty_worker_run_equals_local(data, tmp_path, capsys, "build_stalling", "stall-once")

@@ -110,16 +110,7 @@ def _ray_options(args) -> Dict[str, Any]:
     return {"ray": args.ray, "workers": args.workers, "threads_per_worker": args.threads_per_worker}
 
 
-def _check_ray_installed(args) -> None:
-    if args.ray is not None:
-        try:
-            import ray  # noqa: F401
-        except ImportError:  # pragma: no cover - tested by hiding the module
-            raise CLIError('--ray: Ray is not installed; pip install "basewise[ray]"') from None
-
-
 def _cmd_ism(args) -> int:
-    _check_ray_installed(args)
     r = ism_regions(
         args.model, args.bed, args.genome, args.output, fasta=args.fasta, width=args.width,
         transform_options=_transform_options(args), start_pos=args.start_pos, end_pos=args.end_pos,
@@ -132,7 +123,6 @@ def _cmd_ism(args) -> int:
 
 
 def _cmd_attribute(args) -> int:
-    _check_ray_installed(args)
     r = attribute_regions(
         args.model, args.bed, args.genome, args.output, fasta=args.fasta, width=args.width,
         transform_options=_transform_options(args), method=args.method, hypothetical=args.hypothetical,

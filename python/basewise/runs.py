@@ -525,7 +525,7 @@ def _blame(e: BaseException, job: RegionJob, seq: List[str]) -> str:
         return f"--dtype: {msg.partition(':')[2].strip()}"
     if msg.startswith("seqs:") or "not a valid DNA sequence" in msg:
         return f"region {name!r}: {msg}"
-    if msg.startswith("target") or "target" in msg.split(":")[0]:
+    if "target" in msg.split(":")[0]:
         return f"--target: {msg}"
     return (f"--model: it cannot score the regions ({job.regions.seq_len} bp) with these options: "
             f"{type(e).__name__}: {msg}")
@@ -668,6 +668,14 @@ def _model_for_run(model: Any) -> Tuple[Any, Dict[str, Any], Optional[str], Tupl
     return model, ident, None, ()
 
 
+def _check_ray(ray: Any) -> None:
+    """With ``ray=``, Ray must be importable: one clear error before any file or model is read."""
+    if ray is not None:
+        from ._ray import _import_ray
+
+        _import_ray()
+
+
 def _regions_for_run(regions: Any, genome: Optional[str], fasta: Optional[str], width: Optional[int]):
     if isinstance(regions, _Regions):
         return regions
@@ -737,6 +745,7 @@ def ism_regions(model: Any, regions: Any = None, genome: Optional[str] = None, o
     """
     from .ism import ENGINES, _check_dtype, _check_compare
 
+    _check_ray(ray)
     regions_ = _regions_for_run(regions, genome, fasta, width)
     L = regions_.seq_len
     end = L if end_pos is None else end_pos
@@ -803,6 +812,7 @@ def attribute_regions(model: Any, regions: Any = None, genome: Optional[str] = N
     """
     from .attribution import METHODS
 
+    _check_ray(ray)
     regions_ = _regions_for_run(regions, genome, fasta, width)
     if method not in METHODS:
         raise RunError(f"--method: expected one of {list(METHODS)}, got {method!r}")
