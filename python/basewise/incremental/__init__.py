@@ -113,11 +113,11 @@ import torch
 import torch.nn.functional as F
 
 try:  # native window ops (C++/CUDA); plain PyTorch fallbacks below serve as references
-    from . import ops as _ops
+    from .. import ops as _ops
 except Exception:  # pragma: no cover - the native module is part of the package build
     _ops = None
 
-from ._model import (eval_mode, is_lightning_like, model_device, model_dtype, plain_attributes, preserved_model_state,
+from .._model import (eval_mode, is_lightning_like, model_device, model_dtype, plain_attributes, preserved_model_state,
                      tensor_digest)
 
 __all__ = ["plan_ism", "ism_plan_report", "IsmPlan", "LayerInfo", "IncrementalPredictor",
@@ -1612,8 +1612,8 @@ def measure_plan(plan: IsmPlan, full_factory: Optional[Callable] = None, batch_s
         raise ValueError("plan: the model it was made for no longer exists")
     dtype = plan.dtype or torch.float32
     if full_factory is None:
-        from ._model import make_forward
-        from .ism import FullPredictor
+        from .._model import make_forward
+        from ..ism import FullPredictor
 
         transform = g.transform
         if transform is None and g.transform_fn_ref is not None:
@@ -2129,7 +2129,7 @@ class IncrementalPredictor:
         return x[:, :4]
 
     def _outputs(self, env: Dict[Any, Any]) -> torch.Tensor:
-        from ._model import _as_3d
+        from .._model import _as_3d
 
         return _as_3d(env[self.g.outputs] if isinstance(self.g.outputs, torch.fx.Node) else self.g.outputs)
 
@@ -2310,7 +2310,7 @@ class IncrementalPredictor:
         outs = []
         for o in self._out_nodes:
             outs.append(self._full_of(o, env, ctx, "<output>"))
-        from ._model import _as_3d
+        from .._model import _as_3d
 
         return _as_3d(outs[0])
 
