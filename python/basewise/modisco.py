@@ -12,7 +12,8 @@ central ``-w`` (default 400) positions and transposes them to (N, w, 4) itself.
 
 :func:`export_modisco` writes arrays already in memory; :func:`export_modisco_from_results`
 streams them from a results file written by ``basewise attribute``, chunk by chunk, so the export
-of a large run never holds all of it in memory.
+of a large run never holds all of it in memory, and writes a region index (``regions.tsv``: npz row
+-> region, chrom, start, end, strand, name) beside them, so seqlets trace back to their peaks.
 
 Example:
     >>> import numpy as np, tempfile, os
@@ -188,6 +189,7 @@ def export_modisco_from_results(
     chunk_size: int = 1024,
     allow_incomplete: bool = False,
     allow_non_hypothetical: bool = False,
+    index_name: str = "regions.tsv",
 ) -> Tuple[str, str]:
     """Stream a ``basewise attribute`` results file into modisco-lite's two ``.npz`` inputs.
 
@@ -201,9 +203,19 @@ def export_modisco_from_results(
             are the rows of ``results.done``); otherwise refuse. Default False.
         allow_non_hypothetical: allow attributions that were not computed with
             ``hypothetical=True`` (TF-MoDISco expects hypothetical ones). Default False.
+        index_name: file name of the region index written beside the two arrays. Default
+            "regions.tsv".
 
     Returns:
-        The paths of the sequence and attribution files.
+        The paths of the sequence and attribution files. The region index (``index_name`` in
+        ``out_dir``) is a tab-separated table with a header line and one line per exported row:
+        ``row`` (the row of ohe.npz / shap.npz, i.e. modisco's example index), ``region`` (the
+        region's index in the results file; equal to ``row`` unless unfinished regions were
+        left out), ``chrom``, ``start``, ``end``, ``strand``, ``name``. A seqlet of modisco's
+        example ``row`` at position ``i`` of its central window of width ``w`` lies at position
+        ``j = L // 2 - w // 2 + i`` of the scored sequence (modisco's window offsets), which is
+        genome coordinate ``start + j``, or ``end - 1 - j`` on ``-`` strand regions (they were
+        reverse-complemented before scoring).
 
     Example:
         >>> # basewise attribute -m model.pt --bed peaks.bed --genome hg38.fa --hypothetical -o a.h5
@@ -235,7 +247,17 @@ def export_modisco_from_results(
             for _, seqs, scores in r.iter_chunks(chunk_size):
                 ws.append(eye[seqs.astype(np.int64)].transpose(0, 2, 1))  # (n, 4, L)
                 wa.append(scores)
+        _write_region_index(os.path.join(os.fspath(out_dir), index_name), r.regions, r.done)
     return seq_path, attr_path
+
+
+def _write_region_index(path: str, regions, done: np.ndarray) -> None:
+    """regions.tsv: one line per exported row (the done regions, in order)."""
+    idx = np.flatnonzero(done)  # (n_done,) rows of the npz files -> region indices
+    table = regions.iloc[idx][["chrom", "start", "end", "strand", "name"]].reset_index(drop=True)
+    table.insert(0, "region", idx)
+    table.insert(0, "row", np.arange(len(idx)))
+    table.to_csv(path, sep="\t", index=False)
 
 
 def load_modisco_input(path: PathLike) -> np.ndarray:
