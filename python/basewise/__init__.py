@@ -22,6 +22,7 @@ from .modisco import export_modisco
 from .ops import build_info
 from .results import ResultsWriter, open_results
 from .sequence import IntervalError, SequenceInputError, to_indices, to_onehot
+from .summarize import export_bigwig, position_scores, region_summary, to_bedgraph, top_positions
 from .transforms import Aggregate
 
 __version__ = "0.1.0"
@@ -44,6 +45,12 @@ __all__ = [
     "open_results",
     "ResultsWriter",
     "export_modisco",
+    # after the run: per-position scores and summaries of a results file (basewise.summarize)
+    "position_scores",
+    "region_summary",
+    "top_positions",
+    "to_bedgraph",
+    "export_bigwig",
     "build_info",
     "__version__",
 ]
