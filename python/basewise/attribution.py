@@ -31,6 +31,17 @@ What basewise does better than gReLU (spec section 7):
   those of ``tangermeme.deep_lift_shap`` on the model itself, i.e. gReLU's. (Activations called
   as functions *inside* the network, such as ``F.relu`` in a ``forward``, stay invisible to
   DeepLIFT's module hooks, as in gReLU; gReLU's refusal of its Enformer models is kept.)
+* **deepshap explains sequences with N.** tangermeme (and so gReLU) stops at the first sequence
+  with an N ("X must be one-hot encoded and cannot have unknown characters"), so one N run in
+  10^5 peaks kills the run. basewise explains such a sequence with N as the all-zero one-hot
+  column the other methods see: its references (:func:`n_references`) are dinucleotide shuffles
+  of the concatenation of its known bases, put back at the known positions, so N stays an
+  all-zero column at the same positions in every reference; reference k is drawn with seed
+  ``seed + k``, as tangermeme does. At an N position the attribution is 0 (the hypothetical one
+  is the multiplier, the reference being 0 there), and the attributions still sum to f(x) minus
+  the mean f(reference). A sequence with fewer than 2 known bases (all N) gets all-zero
+  attributions. Sequences without N are explained by exactly gReLU's call, so their numbers do
+  not change (bit for bit) when a sequence with N is in the same batch.
 * **Validation first.** ``method``, ``device``, ``batch_size``, ``n_shuffles``, ``seed``, the
   captum options and ``seqs`` are checked before any model call. An unknown method raises
   ``NotImplementedError`` (gReLU's type) whose message lists the valid names.
@@ -516,9 +527,79 @@ def _explained_model(model: Any, prediction_transform: Optional[Callable]) -> Tu
     return _ExplainedModule(model, prediction_transform), False
 
 
+def _n_sequences(x: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the sequences of ``x`` (B, 4, L) that are one-hot with N (all-zero columns).
+
+    Values all 0 or 1, at most one 1 per column, at least one all-zero column. Other sequences
+    (N-free ones, and tensors that are not one-hot at all) go to tangermeme as they are.
+    """
+    colsum = x.sum(dim=1)  # (B, L)
+    binary = ((x == 0) | (x == 1)).flatten(1).all(dim=1)
+    return binary & (colsum <= 1).all(dim=1) & (colsum == 0).any(dim=1)
+
+
+def n_references(x: torch.Tensor, n_shuffles: int, seed: Optional[int]) -> torch.Tensor:
+    """deepshap references for one-hot sequences with N: (B, n_shuffles, 4, L), dtype of ``x``.
+
+    The known bases of each sequence (its one-hot columns, read left to right with the N
+    positions skipped) are concatenated and dinucleotide-shuffled with
+    ``tangermeme.ersatz.dinucleotide_shuffle`` (first and last known base kept, dinucleotide
+    counts of the concatenation kept), and put back at the known positions; every N position
+    stays an all-zero column, in every reference. Reference ``k`` is drawn with seed
+    ``seed + k`` (tangermeme's seeding in ``deep_lift_shap``), whatever the other sequences and
+    ``batch_size``; ``seed=None`` draws fresh references. A sequence without N gets exactly the
+    references ``deep_lift_shap(..., random_state=seed)`` draws for it. A sequence with fewer
+    than 2 known bases (nothing to shuffle) gets copies of itself.
+
+    Example:
+        >>> from basewise.sequence import to_onehot
+        >>> r = n_references(to_onehot("ACGNNTTACG"), 3, seed=0)
+        >>> r.shape, bool((r[0, :, :, 3:5] == 0).all())
+        (torch.Size([1, 3, 4, 10]), True)
+    """
+    from tangermeme.ersatz import dinucleotide_shuffle
+
+    refs = torch.zeros((x.shape[0], n_shuffles) + tuple(x.shape[1:]), dtype=x.dtype)
+    for i in range(x.shape[0]):
+        known = x[i].sum(dim=0) > 0  # (L,)
+        if int(known.sum()) < 2:
+            refs[i] = x[i]
+            continue
+        xk = x[i][:, known]  # (4, K)
+        states = None if seed is None else [seed + k for k in range(n_shuffles)]
+        shuffled = dinucleotide_shuffle(xk.unsqueeze(0).expand(n_shuffles, -1, -1).contiguous(),
+                                        n=1, random_state=states)[:, 0]  # (n_shuffles, 4, K)
+        refs[i][:, :, known] = shuffled.to(x.dtype)
+    return refs
+
+
+def _rows(value: Any, idx: torch.Tensor, n: int) -> Any:
+    """The rows ``idx`` of a per-sequence tensor (first axis ``n``), PackedSequence or tuple of
+    them (tangermeme's ``references`` and ``args``); anything else as it is."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_rows(v, idx, n) for v in value)
+    if _is_tensor_like(value) and value.ndim > 0 and value.shape[0] == n:
+        return value[idx]
+    return value
+
+
+def _is_tensor_like(value: Any) -> bool:
+    """A tensor or a tangermeme ``PackedSequence`` (indexable along its batch axes)."""
+    return isinstance(value, torch.Tensor) or type(value).__name__ == "PackedSequence"
+
+
 def _deepshap(model: Any, prediction_transform: Optional[Callable], x: torch.Tensor,
               device: torch.device, n_shuffles: int, hypothetical: bool, seed: Optional[int],
               target: Any, batch_size: Optional[int], kwargs: Dict[str, Any]) -> np.ndarray:
+    """deepshap through ``tangermeme.deep_lift_shap``.
+
+    Sequences without N take exactly gReLU's call (default references, ``random_state=seed``).
+    Sequences with N (all-zero columns) are explained in a second call, with the references of
+    :func:`n_references` (or the caller's ``references``) and tangermeme's one-hot check of X
+    relaxed (``only_warn``, its warning silenced; the convergence-delta warnings stay);
+    with basewise's references, those with fewer than 2 known bases get zeros without a model
+    call. Results are put back in input order.
+    """
     from tangermeme.deep_lift_shap import deep_lift_shap
 
     explained, attach = _explained_model(model, prediction_transform)
@@ -535,8 +616,76 @@ def _deepshap(model: Any, prediction_transform: Optional[Callable], x: torch.Ten
         kwargs["target"] = target
     if batch_size is not None:
         kwargs["batch_size"] = batch_size
-    attr = deep_lift_shap(explained, X=x, n_shuffles=n_shuffles, hypothetical=hypothetical,
-                          device=device, random_state=seed, **kwargs)  # (B, 4, L)
+
+    has_n = _n_sequences(x)
+    if not bool(has_n.any()):  # gReLU's call, unchanged
+        attr = deep_lift_shap(explained, X=x, n_shuffles=n_shuffles, hypothetical=hypothetical,
+                              device=device, random_state=seed, **kwargs)  # (B, 4, L)
+        return _deepshap_numpy(attr)
+
+    n = x.shape[0]
+    user_references = kwargs.pop("references", None)
+    args = kwargs.pop("args", None)
+    parts = []  # (row indices, attributions)
+    free = torch.nonzero(~has_n).flatten()
+    if len(free):
+        attr = deep_lift_shap(explained, X=x[free], n_shuffles=n_shuffles,
+                              hypothetical=hypothetical, device=device, random_state=seed,
+                              **_group_kwargs(kwargs, user_references, args, free, n))
+        parts.append((free, attr.detach().cpu()))
+    with_n = torch.nonzero(has_n).flatten()
+    if user_references is None:  # fewer than 2 known bases: nothing to shuffle, zeros
+        with_n = with_n[x[with_n].sum(dim=(1, 2)) >= 2]
+    if len(with_n):
+        from tangermeme.utils import _validate_input
+
+        group = _group_kwargs(kwargs, user_references, args, with_n, n)
+        if user_references is None:
+            group["references"] = n_references(x[with_n], n_shuffles, seed)
+        elif _is_tensor_like(group["references"]):
+            # only_warn below would turn a bad references tensor into a warning: check it first
+            _validate_input(group["references"], "references",
+                            shape=(len(with_n), -1) + tuple(x.shape[1:]), ohe=True, allow_N=True,
+                            ohe_dim=-2)
+        group["only_warn"] = True  # X's all-zero columns: tangermeme's check would raise
+        try:
+            from tangermeme.utils import TangermemeWarning
+        except ImportError:  # pragma: no cover - older tangermeme warns with a UserWarning
+            TangermemeWarning = UserWarning
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_N_WARNING, category=TangermemeWarning)
+            attr = deep_lift_shap(explained, X=x[with_n], n_shuffles=n_shuffles,
+                                  hypothetical=hypothetical, device=device, random_state=seed,
+                                  **group)
+        parts.append((with_n, attr.detach().cpu()))
+    if parts:
+        tail, dtype = tuple(parts[0][1].shape[1:]), parts[0][1].dtype
+    else:  # every sequence is degenerate: no model call
+        dtype = kwargs.get("dtype")
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype or model_dtype(explained)
+        tail = ((n_shuffles,) if kwargs.get("raw_outputs") else ()) + tuple(x.shape[1:])
+    out = torch.zeros((n,) + tail, dtype=dtype)  # degenerate sequences stay 0
+    for rows, attr in parts:
+        out[rows] = attr
+    return _deepshap_numpy(out)
+
+
+# tangermeme's one-hot check of X, a warning under only_warn (sequences with N).
+_N_WARNING = r"X must be one-hot encoded and cannot have unknown characters"
+
+
+def _group_kwargs(kwargs: Dict[str, Any], references: Any, args: Any, rows: torch.Tensor,
+                  n: int) -> Dict[str, Any]:
+    """deep_lift_shap's keyword arguments for the sequences ``rows`` of ``n``."""
+    group = dict(kwargs)
+    if references is not None:
+        group["references"] = _rows(references, rows, n)
+    if args is not None:
+        group["args"] = _rows(args, rows, n)
+    return group
+
+
+def _deepshap_numpy(attr: torch.Tensor) -> np.ndarray:
     attr = attr.detach().cpu()
     if attr.dtype in (torch.float16, torch.bfloat16):
         attr = attr.float()
@@ -572,7 +721,8 @@ def get_attributions(
         seqs: sequences in any form ``ISM_predict`` takes: a string or list of strings, an
             integer index array (L,) or (B, L), a one-hot tensor or array (4, L) or (B, 4, L)
             (values used as given; a 2-D one is one sequence), or a DataFrame of intervals with
-            ``genome``. N is an all-zero column.
+            ``genome``. N is an all-zero column, for every method: deepshap explains a sequence
+            with N against references that keep its N positions (see below); gReLU raises.
         genome: FASTA path, open ``pyfaidx.Fasta`` or genomepy name, for intervals. Default None.
         prediction_transform: module or callable applied to the model output (gReLU's
             ``Aggregate``, ``Specificity``, ...). Default None.
@@ -589,6 +739,24 @@ def get_attributions(
         n_shuffles: deepshap: dinucleotide-shuffled references per sequence. Default 20.
         seed: deepshap: reference k of every sequence is shuffled with seed ``seed + k``, so a
             fixed seed makes the result deterministic; None draws fresh references. Default None.
+
+            **N with deepshap** (gReLU raises tangermeme's "X must be one-hot encoded and
+            cannot have unknown characters"): a sequence with N (all-zero columns) is explained
+            with N as an all-zero column. Its ``n_shuffles`` references are built by
+            :func:`n_references`: the sequence's known bases, concatenated in order with the N
+            positions skipped, are dinucleotide-shuffled by tangermeme's
+            ``dinucleotide_shuffle`` (reference k with seed ``seed + k``) and put back at the
+            known positions, so every reference is an all-zero column wherever the sequence has
+            N. They go to ``tangermeme.deep_lift_shap`` as ``references=`` in a separate call
+            for the sequences with N (its one-hot check of X relaxed for them only; the
+            convergence-delta warnings are kept). Consequences: at an N position the attribution
+            is 0 and the hypothetical attribution of base b is the multiplier of b (the reference
+            is 0 there); the attributions of a sequence still sum to f(x) - mean_k f(ref_k).
+            A sequence with N and fewer than 2 known bases (all N, say) has nothing to shuffle
+            and gets all-zero attributions, without a model call. Sequences without N are
+            explained by the same call as before (gReLU's), so their attributions are
+            bit-identical whether or not sequences with N are in the batch. With your own
+            ``references`` (in ``**kwargs``), those are used for every sequence instead.
         batch_size: keyword-only. Captum methods: sequences per captum call; None picks
             :func:`default_batch_size` (about 8k input positions per pass on a CPU, 262k on a
             GPU, at most 64 sequences; for integrated gradients 8k positions on a CPU, a
@@ -625,7 +793,8 @@ def get_attributions(
             message).
         ValueError: bad ``seqs`` (gReLU's messages), ``device``, ``batch_size``, ``n_shuffles``,
             no sequences; a model output with more than one number per sequence and no
-            ``target`` (captum methods); N in ``seqs`` with deepshap (tangermeme's message).
+            ``target`` (captum methods); deepshap on values that are not one-hot (tangermeme's
+            message).
         TypeError: bad ``seed`` or unknown captum options.
 
     Example:
