@@ -647,7 +647,9 @@ def to_bedgraph(results: ResultsLike, path: Union[str, os.PathLike], score: Opti
     or their max. Adjacent positions with equal merged values share one line; positions with a
     NaN score and positions outside every region are left out. Lines are sorted by chromosome
     (as text) and start, the order ``bedGraphToBigWig`` needs; no track line. Values are written
-    with 7 significant digits. A path ending in ``.gz`` is gzip-compressed.
+    with 7 significant digits. A path ending in ``.gz`` is gzip-compressed. The regions are read
+    chunk by chunk, but the covered positions and their scores are gathered per chromosome before
+    the merge (about 16 bytes per scored position and region).
 
     Args:
         results: a results file path, or an open :class:`basewise.results.Results` of a run on
@@ -737,7 +739,11 @@ def export_bigwig(results: ResultsLike, path: Union[str, os.PathLike], score: Op
             if c not in track:
                 continue
             starts, stops, values = track[c]
-            bw.addEntries([c] * len(starts), starts.tolist(), ends=stops.tolist(), values=values.astype(float).tolist())
+            if getattr(pyBigWig, "numpy", 0):  # built with numpy: arrays without Python lists
+                bw.addEntries(np.array([c] * len(starts)), starts.astype(np.int64), ends=stops.astype(np.int64),
+                              values=values.astype(np.float64))
+            else:  # pragma: no cover - the PyPI wheels are built with numpy
+                bw.addEntries([c] * len(starts), starts.tolist(), ends=stops.tolist(), values=values.tolist())
             n_lines += len(starts)
             n_pos += int((stops - starts).sum())
     finally:
