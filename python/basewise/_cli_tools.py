@@ -31,7 +31,7 @@ from .runs import RunError, _first_line
 __all__ = ["register"]
 
 _OPTION = {"score": "--score", "task": "--task", "bin": "--bin", "merge": "--merge", "chrom_sizes": "--genome",
-           "n": "--top", "regions": "--top", "results": "results"}
+           "n": "--top", "results": "results"}
 _BIGWIG_EXT = (".bw", ".bigwig")
 _BEDGRAPH_EXT = (".bedgraph", ".bg", ".bedgraph.gz", ".bg.gz")
 
