@@ -599,3 +599,33 @@ def test_cli_bigwig_without_pybigwig(files, tmp_path, monkeypatch):
                                        r"'basewise\[bigwig\]'"):
         _cli(["export-bigwig", files["dir"] / "ism.h5", "-o", tmp_path / "a.bw"])
     assert not (tmp_path / "a.bw").exists()
+
+
+def _wired():
+    from basewise.cli import build_parser
+
+    try:
+        build_parser().parse_args(["summarize", "x.h5"])
+    except SystemExit:
+        return False
+    return True
+
+
+def test_through_basewise_cli_main(files, tmp_path, capsys):
+    if not _wired():
+        pytest.skip("summarize/export-bigwig are not registered in basewise.cli yet")
+    from basewise.cli import main
+
+    d = files["dir"]
+    assert main(["summarize", str(d / "ism.h5"), "--by", "position", "--top", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 + 5 and "basewise summarize: 5 positions" in err
+    assert main(["export-bigwig", str(d / "ism.h5"), "-o", str(tmp_path / "t.bedGraph")]) == 0
+    assert (tmp_path / "t.bedGraph").read_text().startswith("chr1\t")
+    capsys.readouterr()
+    assert main(["summarize", str(d / "missing.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"basewise summarize: error: results: file '{d / 'missing.h5'}' does not exist\n"
+    assert main(["export-bigwig", str(d / "ism.h5"), "-o", str(tmp_path / "t.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("basewise export-bigwig: error: -o/--output:") and err.count("\n") == 1
