@@ -37,8 +37,8 @@ from typing import Any, Callable, Dict, List, Optional
 __all__ = ["main", "build_parser", "load_model", "read_regions", "CLIError"]
 
 
-from .runs import (RunError, RunInterrupted, _first_line, attribute_regions, ism_regions, load_model,  # noqa: F401
-                   read_regions)
+from .runs import (MAX_OUTPUT_BYTES, RunError, RunInterrupted, _first_line, attribute_regions,  # noqa: F401
+                   ism_regions, load_model, read_regions)
 
 CLIError = RunError  # a user error: printed as one line, exit code 2
 
@@ -102,6 +102,27 @@ def _dtype(name: Optional[str]):
                                        "bfloat16": torch.bfloat16, "float64": torch.float64}[name]
 
 
+def _target(text: Optional[str]):
+    """--target TASK[,BIN]: 3 -> 3, "3,10" -> (3, 10)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        vals = [int(p) for p in parts]
+    except ValueError:
+        raise CLIError(f"--target: expected TASK or TASK,BIN (non-negative integers), got {text!r}") from None
+    if len(vals) not in (1, 2) or any(v < 0 for v in vals):
+        raise CLIError(f"--target: expected TASK or TASK,BIN (non-negative integers), got {text!r}")
+    return vals[0] if len(vals) == 1 else tuple(vals)
+
+
+def _region_options(args) -> Dict[str, Any]:
+    if args.fasta is not None and (args.center != "auto" or args.on_bad_interval != "error"):
+        raise CLIError("--center/--on-bad-interval: these go with --bed, not with --fasta")
+    return {"center": args.center, "on_bad_interval": args.on_bad_interval, "iupac": args.iupac,
+            "max_output_bytes": None if args.yes else MAX_OUTPUT_BYTES}
+
+
 def _ray_options(args) -> Dict[str, Any]:
     if args.ray is None:
         if args.workers is not None or args.threads_per_worker is not None:
@@ -118,6 +139,7 @@ def _cmd_ism(args) -> int:
         engine=args.engine, dtype=_dtype(args.dtype), chunk_size=args.chunk_size, overwrite=args.overwrite,
         compression=None if args.compression == "none" else args.compression, progress=False if args.quiet else None,
         _info={"command_line": args.command_line}, _log=_logger(args, "ism"), **_ray_options(args),
+        **_region_options(args),
     )
     return _report(args, "ism", r)
 
@@ -126,11 +148,12 @@ def _cmd_attribute(args) -> int:
     r = attribute_regions(
         args.model, args.bed, args.genome, args.output, fasta=args.fasta, width=args.width,
         transform_options=_transform_options(args), method=args.method, hypothetical=args.hypothetical,
-        correct_grad=args.correct_grad, n_shuffles=args.n_shuffles, seed=args.seed, target=args.target,
+        correct_grad=args.correct_grad, n_shuffles=args.n_shuffles, seed=args.seed, target=_target(args.target),
+        n_steps=args.n_steps,
         batch_size=args.batch_size, device=_parse_devices(args.device), chunk_size=args.chunk_size,
         overwrite=args.overwrite, compression=None if args.compression == "none" else args.compression,
         progress=False if args.quiet else None, _info={"command_line": args.command_line},
-        _log=_logger(args, "attribution"), **_ray_options(args),
+        _log=_logger(args, "attribution"), **_ray_options(args), **_region_options(args),
     )
     return _report(args, "attribution", r)
 
@@ -143,7 +166,13 @@ def _report(args, kind: str, results) -> int:
     with results as r:
         s = r.run_summary
     print(f"basewise {kind}: {s['total']} regions -> {args.output} (scores {s['shape']} {s['dtype']}; "
-          f"{s['computed']} computed now, {s['resumed']} resumed)")
+          f"{s['computed']} computed now, {s['resumed']} resumed"
+          + (f"; {s['skipped']} intervals skipped, listed in the file" if s.get("skipped") else "")
+          + (f"; {s['padded']} padded with N" if s.get("padded") else "") + ")")
+    if s.get("nan"):  # even under -q: NaN scores are worth knowing about
+        hint = (" (log2FC of predictions <= 0: logits or centred outputs; use --compare subtract or a model "
+                "whose outputs are positive)" if getattr(args, "compare", None) == "log2FC" else "")
+        print(f"basewise {kind}: warning: {s['nan']} of the scores computed now are NaN{hint}", file=sys.stderr)
     return 0
 
 
@@ -205,7 +234,17 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fasta", metavar="FILE", help="FASTA file of equally long sequences")
     g.add_argument("--bed", metavar="FILE", help="BED file of intervals (0-based; strand column 6 honoured)")
     g.add_argument("--genome", metavar="FASTA", help="genome FASTA for --bed")
-    g.add_argument("--width", type=int, metavar="W", help="resize BED intervals to W bp around their centres")
+    g.add_argument("--width", type=_positive, metavar="W",
+                   help="resize BED intervals to W bp around their centres (see --center)")
+    g.add_argument("--center", choices=["auto", "summit", "midpoint"], default="auto",
+                   help="centre of --width: the narrowPeak summit (column 10) or the interval midpoint "
+                        "(default auto: the summit where the file has one)")
+    g.add_argument("--on-bad-interval", choices=["error", "skip", "pad"], default="error",
+                   help="an interval on an unknown chromosome or past a chromosome end: stop (default), skip it "
+                        "(listed in the results file) or pad it with N")
+    g.add_argument("--iupac", choices=["error", "n"], default="error",
+                   help="letters other than ACGTN (IUPAC codes): stop before the run naming region and offset "
+                        "(default), or read them as N")
     p.add_argument("-m", "--model", required=True,
                    help="TorchScript file, .pt2 (torch.export), .ckpt (gReLU) or module:function")
     p.add_argument("-o", "--output", required=True, metavar="FILE.h5", help="HDF5 results file (resumed if it exists)")
@@ -214,7 +253,10 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
                    help="regions computed and written at a time (default 256)")
     p.add_argument("--compression", choices=["gzip", "lzf", "none"], default="gzip",
                    help="HDF5 compression (default gzip, readable everywhere)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, messages or warnings")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar, messages or warnings (a NaN count and the final line still print)")
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="write the results even when they are estimated over 100 GB uncompressed")
     r = p.add_argument_group("scale-out on Ray (pip install \"basewise[ray]\")")
     r.add_argument("--ray", metavar="ADDRESS", default=None,
                    help="run on Ray: 'local' (a Ray instance on this machine on 127.0.0.1, stopped after), "
@@ -250,8 +292,37 @@ _positive = _int_at_least(1, "positive")
 _nonnegative = _int_at_least(0, "non-negative")
 
 
+_EXAMPLES = {
+    "main": """examples:
+  basewise demo
+  basewise ism -m mymodels.py:build --bed peaks.narrowPeak.gz --genome hg38.fa --width 1000 -o ism.h5
+  basewise attribute -m mymodels.py:build --bed peaks.bed --genome hg38.fa --width 1000 --hypothetical -o shap.h5
+  basewise modisco shap.h5 -o modisco_in/
+run 'basewise COMMAND -h' for the options of each command""",
+    "ism": """examples:
+  # ISM of the central 100 bp of 1 kb windows around narrowPeak summits, summed over output bins
+  basewise ism -m mymodels.py:build --bed peaks.narrowPeak.gz --genome hg38.fa --width 1000 \\
+      --start-pos 450 --end-pos 550 --compare log2FC --length-aggfunc sum -o ism.h5
+  # the same on a Ray cluster, skipping peaks too close to a chromosome end
+  basewise ism -m model.pt2 --bed peaks.bed --genome hg38.fa --width 1000 --on-bad-interval skip \\
+      --ray auto -o ism.h5
+running the same command again resumes an interrupted run""",
+    "attribute": """examples:
+  # hypothetical DeepSHAP scores for TF-MoDISco (then: basewise modisco shap.h5 -o modisco_in/)
+  basewise attribute -m mymodels.py:build --bed peaks.bed --genome hg38.fa --width 1000 \\
+      --hypothetical --seed 0 --tasks 0 --length-aggfunc sum -o shap.h5
+  # saliency of task 2, output bin 448 of a profile model
+  basewise attribute -m model.pt2 --bed peaks.bed --genome hg38.fa --width 1000 \\
+      --method saliency --target 2,448 -o saliency.h5""",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="basewise", description="Fast, exact ISM and attributions for DNA models.")
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="basewise", description="Fast, exact ISM and attributions for DNA models.",
+                                     epilog=_EXAMPLES["main"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"basewise {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run ISM on the bundled sequence and model and print a summary")
@@ -261,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dpi", type=_positive, default=100, help="resolution of --plot (default 100)")
 
     ism = sub.add_parser("ism", help="saturation ISM of many sequences into an HDF5 file",
+                         epilog=_EXAMPLES["ism"], formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Saturation in-silico mutagenesis (basewise.ISM_predict) of every region; "
                          "scores (N, P, 4, T, L_out) go to an HDF5 file, chunk by chunk.")
     _add_inputs(ism)
@@ -269,13 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
     ism.add_argument("--compare", choices=["subtract", "divide", "log2FC"], default=None,
                      help="compare mutants with the reference (default: raw predictions)")
     ism.add_argument("--batch-size", type=_positive, default=64, help="mutants per forward pass (default 64)")
-    ism.add_argument("--devices", default="cpu", help="cpu, a CUDA index, or a list like 0,1 (default cpu)")
+    ism.add_argument("--devices", "--device", dest="devices", default="cpu",
+                     help="cpu, a CUDA index, or a list like 0,1 (default cpu)")
     ism.add_argument("--engine", choices=["auto", "incremental", "full"], default="auto",
                      help="ISM engine (default auto)")
     ism.add_argument("--dtype", choices=["float32", "float16", "bfloat16", "float64"], default=None,
-                     help="compute dtype (default: the model's)")
+                     help="compute dtype (default: the model's). Caveat: ISM effects are small differences of "
+                          "large outputs: bfloat16 (8-bit mantissa) can lose them (effects correlated 0.78 with "
+                          "float32 on a test model), float16 kept 0.994; check a few regions in float32 first")
 
     att = sub.add_parser("attribute", help="attributions of many sequences into an HDF5 file",
+                         epilog=_EXAMPLES["attribute"], formatter_class=argparse.RawDescriptionHelpFormatter,
                          description="Attributions (basewise.get_attributions) of every region; scores (N, 4, L) "
                          "go to an HDF5 file, chunk by chunk.")
     _add_inputs(att)
@@ -285,9 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--correct-grad", action="store_true", help="saliency: subtract the mean over bases")
     att.add_argument("--n-shuffles", type=_positive, default=20, help="deepshap references per sequence (default 20)")
     att.add_argument("--seed", type=int, default=None, help="deepshap shuffle seed (default: random)")
-    att.add_argument("--target", type=_nonnegative, default=None, help="deepshap: output task to explain (default 0)")
+    att.add_argument("--target", default=None, metavar="TASK[,BIN]",
+                     help="output to explain: a task (deepshap: default 0), or task,bin for a (T, L_out) output "
+                          "with the gradient methods")
+    att.add_argument("--n-steps", type=_positive, default=None,
+                     help="integratedgradients: integration steps (default 50)")
     att.add_argument("--batch-size", type=_positive, default=None, help="batch size passed to the method")
-    att.add_argument("--device", default="cpu", help="cpu, cuda, or a CUDA index (default cpu)")
+    att.add_argument("--device", "--devices", dest="device", default="cpu",
+                     help="cpu, cuda, or a CUDA index (default cpu)")
 
     mod = sub.add_parser("modisco", help="export attribution results as modisco-lite inputs (ohe.npz, shap.npz)")
     mod.add_argument("results", help="HDF5 file written by 'basewise attribute --hypothetical'")

@@ -10,8 +10,12 @@ SIGTERM from a batch scheduler, an exception, even SIGKILL between writes) leave
 whose done regions are complete. HDF5 has no journal: a SIGKILL *during* the short flush of a
 batch can damage the file's metadata. The file uses the oldest HDF5 format features (no SWMR
 "open for writing" flag, which would make a crashed file unopenable without ``h5clear``); while a
-run writes it, HDF5's file lock keeps other writers out (readers can open a copy, or set
-``HDF5_USE_FILE_LOCKING=FALSE``).
+run writes it, HDF5's file lock keeps other writers out. Reading while a run writes: open_results
+opens the file without HDF5's file lock when the writer holds it (h5py's ``locking=False``, no
+environment variable needed) and reads the regions marked done, which are complete on disk
+(scores are flushed before ``/done`` is set). This is not HDF5's SWMR mode (SWMR would make a
+file left by a killed run unopenable without ``h5clear``): a read that coincides with the
+writer's flush can fail with an HDF5 error; open the file again.
 
 Layout (N regions, sequence length L)::
 
@@ -29,6 +33,8 @@ Layout (N regions, sequence length L)::
     /scores            (N, ...)    "ism": float32 (N, P, 4, T, L_out) as ``ISM_predict(...,
                                    return_df=False)``; "attribution": (N, 4, L) float32
                                    (float64 for integratedgradients)
+    /skipped/...       (S,)        optional: intervals left out by ``--on-bad-interval skip``
+                                   (line, name, chrom, start, end, reason)
 
 A region's row in ``/scores`` is meaningful only where ``/done`` is 1. Resuming (opening an
 existing file for writing) checks that the run's arguments and regions are those stored and
@@ -103,9 +109,13 @@ def _check_regions(regions: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _strings(ds) -> np.ndarray:
+    return np.array([s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]], dtype=object)
+
+
 def _read_regions(grp) -> pd.DataFrame:
     def strings(name: str) -> np.ndarray:
-        return np.array([s.decode() if isinstance(s, bytes) else str(s) for s in grp[name][()]], dtype=object)
+        return _strings(grp[name])
 
     return pd.DataFrame(
         {
@@ -147,6 +157,8 @@ class ResultsWriter:
             Default "gzip".
         info: provenance stored with a new file as the JSON attribute ``info`` (command line,
             input paths); not compared on resume. Default None.
+        skipped: intervals left out of the run (dicts with line, name, chrom, start, end,
+            reason), stored in ``/skipped`` of a new file. Default None.
 
     Example:
         >>> import tempfile, os
@@ -170,6 +182,7 @@ class ResultsWriter:
         chunk_regions: int = 64,
         compression: Optional[str] = "gzip",
         info: Optional[Dict[str, Any]] = None,
+        skipped: Optional[Sequence[Dict[str, Any]]] = None,
     ):
         h5py = _h5py()
         if kind not in KINDS:
@@ -187,6 +200,7 @@ class ResultsWriter:
         self.info_json = _canonical(info or {})
         self.chunk_regions = max(1, int(chunk_regions))
         self.compression = compression
+        self.skipped = list(skipped or [])
         self.resumed = os.path.exists(self.path) and not overwrite
         try:
             if self.resumed:
@@ -229,6 +243,12 @@ class ResultsWriter:
         for col in ("start", "end"):
             g.create_dataset(col, data=self.regions[col].to_numpy(np.int64))
         f.create_dataset("done", data=np.zeros(self.n, np.uint8))
+        if self.skipped:
+            sk = f.create_group("skipped")
+            for col in ("name", "chrom", "reason"):
+                sk.create_dataset(col, data=[str(r[col]) for r in self.skipped], dtype=text)
+            for col in ("line", "start", "end"):
+                sk.create_dataset(col, data=np.array([int(r[col]) for r in self.skipped], np.int64))
         rows = min(self.n, max(1, min(self.chunk_regions, _CHUNK_BYTES // self.seq_len)))
         f.create_dataset(
             "sequences", shape=(self.n, self.seq_len), dtype=np.int8, chunks=(rows, self.seq_len),
@@ -352,7 +372,9 @@ class Results:
         arguments: dict of the run's arguments.
         info: dict of provenance (command line, input paths), if stored.
         regions: DataFrame (name, chrom, start, end, strand), one row per region.
-        done: bool (N,) mask of the written regions.
+        skipped: DataFrame (line, name, chrom, start, end, reason) of the intervals the run left
+            out (``--on-bad-interval skip``); empty when none.
+        done: bool (N,) mask of the written regions (read when the file is opened).
         scores: the h5py dataset of scores (index it to read: ``r.scores[10:20]``).
         sequences: the h5py dataset of int8 base indices (N, L).
 
@@ -365,7 +387,14 @@ class Results:
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise FileNotFoundError(f"results file {self.path!r} does not exist")
-        self._f = h5py.File(self.path, "r")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as e:
+            if "lock" not in str(e).lower():
+                raise
+            # a run is writing it and holds HDF5's lock: read without the lock (done regions
+            # are complete on disk; see the module docstring)
+            self._f = h5py.File(self.path, "r", locking=False)
         if self._f.attrs.get("format") != FORMAT:
             self._f.close()
             raise ValueError(f"{self.path!r} is not a basewise results file")
@@ -374,6 +403,10 @@ class Results:
         self.info = json.loads(self._f.attrs.get("info", "{}"))
         self.regions = _read_regions(self._f["regions"])
         self.done = self._f["done"][()].astype(bool)
+        self.skipped = pd.DataFrame(
+            {c: (_strings(self._f["skipped"][c]) if c in ("name", "chrom", "reason") else self._f["skipped"][c][()])
+             for c in ("line", "name", "chrom", "start", "end", "reason")}
+            if "skipped" in self._f else {c: [] for c in ("line", "name", "chrom", "start", "end", "reason")})
         self.sequences = self._f["sequences"]
         self.scores = self._f["scores"] if "scores" in self._f else None
 

@@ -64,14 +64,23 @@ class RunInterrupted(KeyboardInterrupt):
 # regions
 # ---------------------------------------------------------------------------------------------
 class _Regions:
-    """Regions to score: a table (name, chrom, start, end, strand) and a way to fetch them."""
+    """Regions to score: a table (name, chrom, start, end, strand) and a way to fetch them.
 
-    def __init__(self, table, fasta, kind: str, info: Dict[str, Any]):
+    ``skipped`` lists the intervals left out by ``on_bad_interval="skip"`` (name, chrom, start,
+    end, reason); ``padded`` counts the regions that run past a chromosome end and are filled
+    with N (``on_bad_interval="pad"``). ``iupac="n"`` reads letters other than ACGTN as N.
+    """
+
+    def __init__(self, table, fasta, kind: str, info: Dict[str, Any], iupac: str = "error",
+                 skipped: Optional[List[Dict[str, Any]]] = None, padded: int = 0):
         self.table = table  # pandas DataFrame
         self.fasta = fasta  # open pyfaidx.Fasta
         self.fasta_path = os.path.abspath(fasta.filename)
         self.kind = kind  # "fasta" or "bed"
         self.info = info
+        self.iupac = iupac
+        self.skipped = list(skipped or [])
+        self.padded = int(padded)
         lengths = (table["end"] - table["start"]).to_numpy()
         self.seq_len = int(lengths[0])
 
@@ -87,33 +96,93 @@ class _Regions:
     def __len__(self) -> int:
         return len(self.table)
 
+    def _raw(self, i: int) -> str:
+        """Region ``i`` as it is in the FASTA (upper case, + strand), N-padded past the ends."""
+        if self.fasta is None:
+            self.fasta = _open_fasta(self.fasta_path, "--genome" if self.kind == "bed" else "--fasta", check_index=False)
+        chrom, start, end = self.table["chrom"].iat[i], int(self.table["start"].iat[i]), int(self.table["end"].iat[i])
+        record = self.fasta[chrom]
+        n = len(record)
+        lo, hi = max(0, start), min(end, n)
+        seq = str(record[lo:hi]).upper() if hi > lo else ""
+        if start < 0 or end > n:  # only with on_bad_interval="pad"
+            seq = "N" * (lo - start) + seq + "N" * (end - max(hi, lo))
+        return seq
+
     def fetch(self, idx: np.ndarray) -> List[str]:
         """Sequences (upper case, reverse-complemented on "-") of the regions ``idx``."""
-        from .sequence import intervals_to_strings
+        from .sequence import reverse_complement
 
-        if self.fasta is None:
-            self.fasta = _open_fasta(self.fasta_path, "--genome" if self.kind == "bed" else "--fasta")
-        sub = self.table.iloc[idx]
-        df = sub[["chrom", "start", "end", "strand"]].reset_index(drop=True)
-        return intervals_to_strings(df, self.fasta)
+        out = []
+        for i in np.asarray(idx, dtype=np.int64):
+            seq = self._raw(int(i))
+            if self.iupac == "n":
+                seq = _IUPAC_RE.sub("N", seq)
+            if self.table["strand"].iat[int(i)] == "-":
+                seq = reverse_complement(seq)
+            out.append(seq)
+        return out
+
+    def check_letters(self, log: Callable[[str], None] = lambda msg: None) -> int:
+        """Scan every region for letters other than ACGTN before the run starts (cheap next to
+        the model). With ``iupac="error"`` the first one is a :class:`RunError` naming the
+        region, its coordinates, the letter and its offset; with ``iupac="n"`` returns how many
+        letters will be read as N."""
+        replaced = 0
+        for i in range(len(self.table)):
+            seq = self._raw(i)
+            m = _IUPAC_RE.search(seq)
+            if m is None:
+                continue
+            if self.iupac == "n":
+                replaced += len(_IUPAC_RE.findall(seq))
+                continue
+            row = self.table.iloc[i]
+            letter, off = m.group(0), m.start()
+            where = f" ({row['chrom']}:{int(row['start']) + off}, + strand)" if self.kind == "bed" else ""
+            raise RunError(
+                f"region {row['name']!r} ({row['chrom']}:{row['start']}-{row['end']}): letter {letter!r} at offset "
+                f"{off}{where} is not A, C, G, T or N (an IUPAC ambiguity code?); pass --iupac n "
+                "(iupac='n') to read such letters as N")
+        if replaced:
+            log(f"--iupac n: {replaced} letters other than ACGTN are read as N")
+        return replaced
 
 
-def _open_fasta(path: str, option: str):
+_IUPAC_RE = __import__("re").compile("[^ACGTN]")
+
+
+def _open_fasta(path: str, option: str, check_index: bool = True):
+    """Open a FASTA with pyfaidx. An index (``.fai``) older than the FASTA is stale (the FASTA
+    was replaced): it is rebuilt when its folder is writable, else the error says which file to
+    delete. Workers open with ``check_index=False`` (the driver has checked it)."""
     if not os.path.exists(path):
         raise RunError(f"{option}: file {path!r} does not exist")
     if os.path.isdir(path):
         raise RunError(f"{option}: {path!r} is a folder, not a FASTA file")
     import pyfaidx
 
+    fai = path + ".fai"
+    rebuild = False
+    if check_index and os.path.exists(fai) and os.path.getmtime(fai) < os.path.getmtime(path):
+        if not os.access(os.path.dirname(os.path.abspath(fai)), os.W_OK) or not os.access(fai, os.W_OK):
+            raise RunError(f"{option}: the index {fai!r} is older than {path!r} (the FASTA changed after it was "
+                           "indexed) and cannot be rebuilt here; delete it or run `samtools faidx` again")
+        rebuild = True
     try:
-        return pyfaidx.Fasta(path, sequence_always_upper=False, rebuild=False)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pyfaidx warns about the stale index we rebuild
+            return pyfaidx.Fasta(path, sequence_always_upper=False, rebuild=rebuild)
     except Exception as e:  # pyfaidx raises many types (FastaIndexingError, ValueError, OSError)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RunError(f"{option}: cannot read {path!r} as FASTA (pyfaidx: {msg})") from None
 
 
-def _parse_bed(path: str) -> List[Tuple[int, str, int, int, str, str]]:
-    """(line number, chrom, start, end, name, strand) of each BED record."""
+def _parse_bed(path: str) -> List[Tuple[int, str, int, int, str, str, Optional[int]]]:
+    """(line number, chrom, start, end, name, strand, summit) of each BED record; summit is the
+    narrowPeak column 10 (offset from start; None when absent or -1)."""
     if not os.path.exists(path):
         raise RunError(f"--bed: file {path!r} does not exist")
     out = []
@@ -145,14 +214,26 @@ def _parse_bed(path: str) -> List[Tuple[int, str, int, int, str, str]]:
             strand = f[5] if len(f) > 5 else "."
             if strand not in ("+", "-", "."):
                 raise RunError(f"--bed: {path}:{lineno}: strand must be +, - or ., got {strand!r}")
-            out.append((lineno, f[0], start, end, name, strand))
+            summit = None
+            if len(f) >= 10:  # narrowPeak: column 10 is the summit's offset from start (-1: none)
+                try:
+                    summit = int(f[9])
+                except ValueError:
+                    raise RunError(f"--bed: {path}:{lineno}: column 10 (narrowPeak summit offset) must be an "
+                                   f"integer, got {f[9]!r}") from None
+                if summit < 0:
+                    summit = None
+                elif summit > end - start:
+                    raise RunError(f"--bed: {path}:{lineno}: summit offset {summit} lies outside the peak "
+                                   f"{f[0]}:{start}-{end}")
+            out.append((lineno, f[0], start, end, name, strand, summit))
     if not out:
         raise RunError(f"--bed: {path!r} has no intervals")
     return out
 
 
-def _frame_records(df: Any) -> List[Tuple[int, str, int, int, str, str]]:
-    """BED-like records from a DataFrame of intervals (chrom, start, end[, name][, strand])."""
+def _frame_records(df: Any) -> List[Tuple[int, str, int, int, str, str, Optional[int]]]:
+    """BED-like records from a DataFrame of intervals (chrom, start, end[, name][, strand][, summit])."""
     import pandas as pd
 
     if not isinstance(df, pd.DataFrame):
@@ -175,35 +256,61 @@ def _frame_records(df: Any) -> List[Tuple[int, str, int, int, str, str]]:
         if strand not in ("+", "-", "."):
             raise RunError(f"regions: row {i}: strand must be +, - or ., got {strand!r}")
         name = str(r["name"]) if "name" in r and r["name"] not in (None, "", ".") else f"{r['chrom']}:{start}-{end}"
-        out.append((i, str(r["chrom"]), start, end, name, strand))
+        summit = r.get("summit")
+        summit = None if summit is None or (isinstance(summit, float) and np.isnan(summit)) or int(summit) < 0 else int(summit)
+        out.append((i, str(r["chrom"]), start, end, name, strand, summit))
     return out
 
 
+CENTERS = ("auto", "summit", "midpoint")
+BAD_INTERVALS = ("error", "skip", "pad")
+IUPAC = ("error", "n")
+
+
 def read_regions(fasta: Optional[str] = None, bed: Optional[str] = None, genome: Optional[str] = None,
-                 width: Optional[int] = None) -> _Regions:
+                 width: Optional[int] = None, *, center: str = "auto", on_bad_interval: str = "error",
+                 iupac: str = "error") -> _Regions:
     """Regions from a FASTA file of sequences, or from a BED file and a genome FASTA.
 
     All regions must have one length: pass ``width`` to resize BED intervals around their
-    centres. Every interval is checked against the genome (chromosome present, inside it) before
-    anything is computed.
+    centres (the narrowPeak summit, column 10, when there is one; else the midpoint). Every
+    interval is checked against the genome (chromosome present, inside it) before anything is
+    computed.
 
     Args:
         fasta: FASTA file whose records are the sequences (names = record names). Default None.
-        bed: BED file (chrom, start, end[, name, score, strand]; 0-based, half-open; gzip read
-            transparently) or a DataFrame of intervals (chrom, start, end[, name][, strand]). Default None.
+        bed: BED file (chrom, start, end[, name, score, strand, ...]; 0-based, half-open; gzip
+            read transparently; narrowPeak's 10th column is the summit offset) or a DataFrame of
+            intervals (chrom, start, end[, name][, strand][, summit]). Default None.
         genome: genome FASTA for ``bed``. Default None.
         width: resize BED intervals to this width around their centres. Default None.
+        center: where ``width`` centres: "summit" (narrowPeak column 10; an error without it),
+            "midpoint", or "auto" (the summit where the file has one, else the midpoint).
+            Default "auto".
+        on_bad_interval: an interval on an unknown chromosome or (after resizing) outside its
+            chromosome: "error" stops, "skip" leaves it out (listed in ``skipped``, in the
+            results file's info and in the run summary), "pad" keeps it and fills the part past
+            the chromosome's ends with N (an unknown chromosome is still skipped). Default "error".
+        iupac: letters other than ACGTN (IUPAC codes such as M, R, Y): "error" (found by
+            :meth:`_Regions.check_letters` before the run, naming region and offset) or "n" (read
+            as N). Default "error".
 
     Returns:
-        A region set with ``table`` (name, chrom, start, end, strand), ``seq_len`` and
-        ``fetch(indices)``.
+        A region set with ``table`` (name, chrom, start, end, strand), ``seq_len``,
+        ``skipped``, ``padded`` and ``fetch(indices)``.
 
     Raises:
         RunError: missing or unreadable files, unknown chromosomes, intervals outside a
-            chromosome, unequal lengths.
+            chromosome, unequal lengths, bad options.
     """
     import pandas as pd
 
+    if center not in CENTERS:
+        raise RunError(f"--center: expected one of {list(CENTERS)}, got {center!r}")
+    if on_bad_interval not in BAD_INTERVALS:
+        raise RunError(f"--on-bad-interval: expected one of {list(BAD_INTERVALS)}, got {on_bad_interval!r}")
+    if iupac not in IUPAC:
+        raise RunError(f"--iupac: expected one of {list(IUPAC)}, got {iupac!r}")
     if (fasta is None) == (bed is None):
         raise RunError("give the sequences either as --fasta FILE or as --bed FILE --genome FASTA")
     if fasta is not None:
@@ -221,33 +328,47 @@ def read_regions(fasta: Optional[str] = None, bed: Optional[str] = None, genome:
                 f"--fasta: sequences must all have the same length: {names[0]!r} has {lengths[0]} bp, "
                 f"{names[j]!r} has {lengths[j]} bp"
             )
-        return _Regions(table, fa, "fasta", {"fasta": os.path.abspath(fasta)})
+        return _Regions(table, fa, "fasta", {"fasta": os.path.abspath(fasta)}, iupac=iupac)
 
     if genome is None:
         raise RunError("--bed needs --genome FASTA (the genome the intervals refer to)")
     records = _frame_records(bed) if not isinstance(bed, (str, os.PathLike)) else _parse_bed(os.fspath(bed))
+    has_summit = any(r[6] is not None for r in records)
+    if center == "summit" and not has_summit:
+        raise RunError("--center summit: the intervals have no summit (narrowPeak column 10, or a 'summit' "
+                       "column); use --center midpoint")
+    if center == "summit" and width is None:
+        raise RunError("--center summit: centring needs --width W (the size of the window around the summit)")
     fa = _open_fasta(genome, "--genome")
     chrom_len = {k: len(fa[k]) for k in fa.keys()}
-    rows = []
-    for lineno, chrom, start, end, name, strand in records:
+    rows, skipped, padded = [], [], 0
+    where = bed if isinstance(bed, (str, os.PathLike)) else "regions"
+    for lineno, chrom, start, end, name, strand, summit in records:
+        problem = None
         if chrom not in chrom_len:
             known = ", ".join(list(chrom_len)[:5]) + (", ..." if len(chrom_len) > 5 else "")
-            raise RunError(f"--bed: {bed}:{lineno}: unknown chromosome {chrom!r} (the genome has {known})")
+            problem = f"unknown chromosome {chrom!r} (the genome has {known})"
         if width is not None:
-            centre = (start + end) // 2
+            centre = start + summit if (center != "midpoint" and summit is not None) else (start + end) // 2
             start = centre - width // 2
             end = start + width
-            if start < 0:
-                raise RunError(
-                    f"--bed: {bed}:{lineno}: {chrom}:{start}-{end} (resized to --width {width}) starts before "
-                    f"the beginning of {chrom}"
-                )
-        if end > chrom_len[chrom]:
-            raise RunError(
-                f"--bed: {bed}:{lineno}: interval {chrom}:{start}-{end} runs past the end of {chrom} "
-                f"(length {chrom_len[chrom]})"
-            )
+        if problem is None and start < 0:
+            problem = (f"{chrom}:{start}-{end}" + (f" (resized to --width {width})" if width is not None else "")
+                       + f" starts before the beginning of {chrom}")
+        if problem is None and end > chrom_len[chrom]:
+            problem = f"interval {chrom}:{start}-{end} runs past the end of {chrom} (length {chrom_len[chrom]})"
+        if problem is not None:
+            if on_bad_interval == "error":
+                raise RunError(f"--bed: {where}:{lineno}: {problem}; --on-bad-interval skip or pad to go on without it")
+            if on_bad_interval == "skip" or chrom not in chrom_len:
+                skipped.append({"line": int(lineno), "name": name, "chrom": chrom, "start": int(start),
+                                "end": int(end), "reason": problem})
+                continue
+            padded += 1
         rows.append((name, chrom, start, end, strand))
+    if not rows:
+        raise RunError(f"--bed: no interval is left to score ({len(skipped)} skipped by --on-bad-interval; the "
+                       f"first: {skipped[0]['reason']})")
     table = pd.DataFrame(rows, columns=["name", "chrom", "start", "end", "strand"])
     lengths = (table["end"] - table["start"]).to_numpy()
     if (lengths != lengths[0]).any():
@@ -259,8 +380,9 @@ def read_regions(fasta: Optional[str] = None, bed: Optional[str] = None, genome:
     if lengths[0] == 0:
         raise RunError("--bed: the intervals are empty (length 0)")
     info = {"bed": os.path.abspath(bed) if isinstance(bed, (str, os.PathLike)) else "<DataFrame>",
-            "genome": os.path.abspath(genome), "width": width}
-    return _Regions(table, fa, "bed", info)
+            "genome": os.path.abspath(genome), "width": width,
+            "center": (("summit" if has_summit else "midpoint") if center == "auto" else center) if width else None}
+    return _Regions(table, fa, "bed", info, iupac=iupac, skipped=skipped, padded=padded)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,6 +476,13 @@ def load_model(spec: str) -> Tuple[Any, Dict[str, Any]]:
             try:
                 model = torch.jit.load(spec, map_location="cpu")
             except Exception as e:
+                if _is_torch_save(spec):
+                    raise RunError(
+                        f"--model: {spec!r} was written by torch.save (a pickled module or a state_dict), which "
+                        "cannot be loaded safely without its code; write a file.py with `def build(): m = "
+                        "MyModel(...); m.load_state_dict(torch.load(PATH)); return m` (or return torch.load(PATH, "
+                        "weights_only=False) for a whole pickled module you trust) and pass -m file.py:build, or "
+                        "save the model with torch.export.save (.pt2) or torch.jit.save") from None
                 raise RunError(
                     f"--model: cannot read {spec!r} as a TorchScript file (torch.jit.save): {_first_line(e)}; "
                     "for other models pass module:function"
@@ -403,6 +532,21 @@ def load_model(spec: str) -> Tuple[Any, Dict[str, Any]]:
                    "weights": _weights_fingerprint(model)}
 
 
+def _is_torch_save(path: str) -> bool:
+    """True for a torch.save file (a zip with data.pkl and no TorchScript code, or a legacy pickle)."""
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            names = zipfile.ZipFile(path).namelist()
+            return any(n.endswith("data.pkl") for n in names) and not any("/code/" in n or n.endswith("constants.pkl")
+                                                                          for n in names)
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"\x80\x02"  # pickle protocol 2: torch.save's legacy format
+    except OSError:
+        return False
+
+
 def _weights_fingerprint(model: Any) -> Optional[str]:
     """Content digest of a model's parameters and buffers (None for a plain callable)."""
     import torch
@@ -435,7 +579,12 @@ def build_aggregate(options: Optional[Dict[str, Any]], model: Any):
     try:
         return Aggregate(model=model, **options)
     except (ValueError, IndexError, AssertionError, KeyError) as e:
-        raise RunError(f"transform options: {_first_line(e)}") from None
+        msg = _first_line(e)
+        option, sep, rest = msg.partition(":")
+        if sep and option in ("tasks", "except_tasks", "positions", "length_aggfunc", "task_aggfunc", "weight"):
+            extra = _task_list(model) if "task" in option and "name" in rest else ""
+            raise RunError(f"--{option.replace('_', '-')}:{rest}{extra}") from None
+        raise RunError(f"transform options: {msg}{_task_list(model) if 'task' in msg else ''}") from None
 
 
 @dataclasses.dataclass
@@ -490,41 +639,83 @@ class RegionJob:
                                                  **self.score_kwargs))  # (n, 4, L)
         return idx, to_indices(seqs), scores
 
-    def probe(self) -> None:
+    def probe(self) -> Tuple[Tuple[int, ...], np.dtype]:
         """The first region through the model, the transform and the requested method, before
-        the output file is created: mismatches fail in a second, naming the culprit."""
+        the output file is created: mismatches fail in a second, naming the culprit.
+
+        Returns:
+            The shape and dtype of one region's scores (for the output-size estimate).
+        """
         seq = self.regions.fetch(np.array([0]))
         try:
             if self.kind == "ism":
                 kw = dict(self.score_kwargs)
                 start = kw.pop("start_pos", 0)
                 kw.pop("end_pos", None)
+                end = self.score_kwargs.get("end_pos") or self.regions.seq_len
                 kw.update(engine="full", batch_size=min(int(kw.get("batch_size", 64)), 64))
-                _probe_ism(seq, self.model, prediction_transform=self.transform, start_pos=start,
-                                end_pos=start + 1, progress=False, return_df=False, **kw)
+                out = _probe_ism(seq, self.model, prediction_transform=self.transform, start_pos=start,
+                                 end_pos=start + 1, progress=False, return_df=False, **kw)  # (1, 1, 4, T, L_out)
+                return (end - start,) + tuple(out.shape[2:]), np.dtype(np.float32)
             else:
                 from .attribution import get_attributions
 
                 kw = dict(self.score_kwargs)
                 if kw.get("method") == "deepshap":
                     kw["n_shuffles"] = 1
-                get_attributions(self.model, seq, prediction_transform=self.transform, **kw)
+                out = np.asarray(get_attributions(self.model, seq, prediction_transform=self.transform, **kw))
+                return tuple(out.shape[1:]), out.dtype
         except RunError:
             raise
         except Exception as e:  # anything the model raises on these inputs is a user-level mismatch
             raise RunError(_blame(e, self, seq)) from None
 
 
+def _task_list(model: Any) -> str:
+    """' (names: a, b, ...)' of a model with task names, else ''."""
+    from .transforms import _task_names
+
+    names = _task_names(model)
+    if not names:
+        return ""
+    shown = ", ".join(map(str, names[:12])) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
+    return f"; task names: {shown}"
+
+
 def _blame(e: BaseException, job: RegionJob, seq: List[str]) -> str:
     """One line naming the option a probe failure comes from (not always the model)."""
+    import re
+
     msg = _first_line(e)
     name = job.regions.table["name"].iloc[0]
     if msg.startswith("devices:") or msg.startswith("device:"):
-        return f"--devices: {msg.partition(':')[2].strip()}"
+        option = "--devices" if job.kind == "ism" else "--device"
+        return f"{option}: {msg.partition(':')[2].strip()}"
     if msg.startswith("dtype:"):
         return f"--dtype: {msg.partition(':')[2].strip()}"
     if msg.startswith("seqs:") or "not a valid DNA sequence" in msg:
         return f"region {name!r}: {msg}"
+    m = re.match(r"Aggregate (tasks|except_tasks|positions): (.*) out of range for a prediction with (\d+) (\w[\w ]*)", msg)
+    if m:
+        option = "--" + m.group(1).replace("_", "-")
+        size = int(m.group(3))
+        what = "tasks" if m.group(1) != "positions" else "output bins"
+        extra = _task_list(job.model) if what == "tasks" else ""
+        return f"{option}: {m.group(2)} out of range: the model has {size} {what} (0 to {size - 1}){extra}"
+    if msg.startswith(("tasks:", "except_tasks:", "positions:")):
+        option, _, rest = msg.partition(":")
+        return f"--{option.replace('_', '-')}:{rest}" + (_task_list(job.model) if "task" in option else "")
+    many = (type(e).__name__ == "TargetError" or "n_outputs" in msg or "one value per output" in msg
+            or "explain one number" in msg)
+    if job.kind == "attribution" and many:
+        shape = re.search(r"shape \(([^)]*)\)", msg)
+        got = f" returns ({shape.group(1)}) per sequence" if shape else " returns more than one value per sequence"
+        if job.score_kwargs.get("method") == "deepshap":
+            return (f"--target: the model{got}; deepshap explains one task of a (T,) or (T, 1) output: reduce "
+                    "the bins with --positions/--length-aggfunc (e.g. --length-aggfunc sum) and pick the task "
+                    "with --target TASK or --tasks TASK")
+        return (f"--target: the model{got}; pick one output with --target TASK[,BIN] or reduce the output "
+                "with --tasks/--positions and --length-aggfunc/--task-aggfunc")
     if "target" in msg.split(":")[0]:
         return f"--target: {msg}"
     return (f"--model: it cannot score the regions ({job.regions.seq_len} bp) with these options: "
@@ -573,6 +764,7 @@ def run_job(job: RegionJob, output: str, arguments: Dict[str, Any], *, info: Opt
 
     from .results import ResultsMismatchError, ResultsWriter
 
+    progress_log = log  # plain progress lines for a CLI whose stderr is not a terminal
     log = log or (lambda msg: None)
     if os.path.exists(output) and os.path.isdir(output):
         raise RunError(f"--output: {output!r} is a folder")
@@ -591,7 +783,8 @@ def run_job(job: RegionJob, output: str, arguments: Dict[str, Any], *, info: Opt
     timing = {"startup_s": time.perf_counter() - t_start}
     try:
         writer = ResultsWriter(output, job.kind, regions.table, regions.seq_len, arguments, overwrite=overwrite,
-                               chunk_regions=chunk_size, compression=compression, info=info or {})
+                               chunk_regions=chunk_size, compression=compression, info=info or {},
+                               skipped=getattr(regions, "skipped", None))
     except ResultsMismatchError as e:
         if ray_ctx is not None:
             ray_ctx.close()
@@ -606,13 +799,14 @@ def run_job(job: RegionJob, output: str, arguments: Dict[str, Any], *, info: Opt
         already = n - len(todo)
         if writer.resumed:
             log(f"resuming {output}: {already} of {n} regions already done")
-        bar = tqdm(total=n, initial=already, unit="region", file=sys.stderr, disable=progress is False,
-                   delay=0 if progress else 2.0, dynamic_ncols=True, desc=f"basewise {job.kind}",
-                   smoothing=0.1)
+        bar = _progress(tqdm, progress, n, already, f"basewise {job.kind}", progress_log)
         chunks = [todo[s:s + chunk_size] for s in range(0, len(todo), chunk_size)]  # (n,) increasing
+        nan_count = [0]
 
         def write(idx: np.ndarray, indices: np.ndarray, scores: np.ndarray) -> None:
             writer.write(idx, indices, scores)
+            if np.issubdtype(scores.dtype, np.floating):
+                nan_count[0] += int(np.isnan(scores).sum())
             bar.update(len(idx))
 
         try:
@@ -640,7 +834,46 @@ def run_job(job: RegionJob, output: str, arguments: Dict[str, Any], *, info: Opt
                 ray_ctx.close()
         shape = writer._f["scores"].shape if "scores" in writer._f else None
         dtype = writer._f["scores"].dtype if shape else None
-    return {"total": n, "computed": n - already, "resumed": already, "shape": shape, "dtype": dtype, **timing}
+    return {"total": n, "computed": n - already, "resumed": already, "shape": shape, "dtype": dtype,
+            "nan": nan_count[0], "skipped": len(getattr(regions, "skipped", [])),
+            "padded": getattr(regions, "padded", 0), **timing}
+
+
+class _LogProgress:
+    """Progress for logs that are not a terminal (a batch job's stderr file): one plain line at
+    most every ``every`` seconds, no carriage returns."""
+
+    def __init__(self, total: int, initial: int, desc: str, log: Callable[[str], None], every: float = 30.0):
+        import time
+
+        self.total, self.n, self.desc, self.log, self.every = total, initial, desc, log, every
+        self._t0 = self._last = time.monotonic()
+        self._start = initial
+
+    def update(self, k: int) -> None:
+        import time
+
+        self.n += k
+        now = time.monotonic()
+        if now - self._last >= self.every or self.n >= self.total:
+            self._last = now
+            rate = (self.n - self._start) / max(now - self._t0, 1e-9)
+            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+            self.log(f"{self.n}/{self.total} regions ({100 * self.n / self.total:.0f}%), {rate:.3g} regions/s, "
+                     f"about {eta:.0f} s left")
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(tqdm: Any, progress: Optional[bool], total: int, initial: int, desc: str,
+              log: Optional[Callable[[str], None]]):
+    """A tqdm bar (``progress=None``: after 2 s); plain log lines instead when the CLI's stderr
+    is not a terminal (``log`` given)."""
+    if log is not None and progress is None and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return _LogProgress(total, initial, desc, log)
+    return tqdm(total=total, initial=initial, unit="region", file=sys.stderr, disable=progress is False,
+                delay=0 if progress else 2.0, dynamic_ncols=True, desc=desc, smoothing=0.1)
 
 
 def model_ident_for_compare(ident: Dict[str, Any]) -> Dict[str, Any]:
@@ -676,17 +909,62 @@ def _check_ray(ray: Any) -> None:
         _import_ray()
 
 
-def _regions_for_run(regions: Any, genome: Optional[str], fasta: Optional[str], width: Optional[int]):
+def _regions_for_run(regions: Any, genome: Optional[str], fasta: Optional[str], width: Optional[int],
+                     center: str = "auto", on_bad_interval: str = "error", iupac: str = "error",
+                     log: Optional[Callable[[str], None]] = None) -> _Regions:
+    """Read the regions and check every letter of every region before anything is computed."""
+    log = log or (lambda msg: None)
     if isinstance(regions, _Regions):
-        return regions
-    return read_regions(fasta=fasta, bed=regions, genome=genome, width=width)
+        r = regions
+    else:
+        r = read_regions(fasta=fasta, bed=regions, genome=genome, width=width, center=center,
+                         on_bad_interval=on_bad_interval, iupac=iupac)
+    if r.skipped:
+        first = r.skipped[0]
+        log(f"--on-bad-interval skip: {len(r.skipped)} interval(s) left out (first: line {first['line']}, "
+            f"{first['name']}: {first['reason']}); they are listed in the results file (Results.skipped)")
+    if r.padded:
+        log(f"--on-bad-interval pad: {r.padded} region(s) run past a chromosome end and are filled with N")
+    r.check_letters(log)
+    return r
 
 
-def _probe_run_open(job: RegionJob, output: str, arguments: Dict[str, Any], info: Dict[str, Any], **run_kw: Any):
+MAX_OUTPUT_BYTES = 100e9  # refuse (unless max_output_bytes=None / --yes) an output estimated above this
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"
+
+
+def _check_output_size(job: RegionJob, shape: Tuple[int, ...], dtype: np.dtype, limit: Optional[float],
+                       log: Optional[Callable[[str], None]]) -> None:
+    """Say what the run will write, and refuse an estimate over ``limit`` bytes (uncompressed)."""
+    n = len(job.regions)
+    per_region = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    total = n * per_region
+    if log is not None:
+        log(f"{n} regions x scores {shape} {np.dtype(dtype).name} = {_human(total)} uncompressed "
+            f"({_human(per_region)} per region)")
+    if limit is not None and total > limit:
+        hint = ("reduce the output with --length-aggfunc (e.g. sum or mean over the output bins), --tasks or "
+                "--positions, or a narrower --start-pos/--end-pos" if job.kind == "ism" else
+                "split the regions into several runs")
+        raise RunError(f"--output: the results would be about {_human(total)} uncompressed ({n} regions x scores "
+                       f"{shape} {np.dtype(dtype).name}), over the {_human(limit)} limit; {hint}; or pass --yes "
+                       "(max_output_bytes=None) to write it anyway")
+
+
+def _probe_run_open(job: RegionJob, output: str, arguments: Dict[str, Any], info: Dict[str, Any],
+                    max_output_bytes: Optional[float] = MAX_OUTPUT_BYTES, **run_kw: Any):
     """Probe the first region, run the chunks, return the opened results with ``run_summary``."""
     from .results import open_results
 
-    job.probe()
+    shape, dtype = job.probe()
+    _check_output_size(job, shape, dtype, max_output_bytes, run_kw.get("log"))
     summary = run_job(job, output, arguments, info=info, **run_kw)
     res = open_results(output)
     res.run_summary = summary  # total, computed, resumed, shape, dtype of this call
@@ -700,8 +978,9 @@ def ism_regions(model: Any, regions: Any = None, genome: Optional[str] = None, o
                 devices: Any = "cpu", batch_size: int = 64, engine: str = "auto", dtype: Any = None,
                 chunk_size: int = 256, overwrite: bool = False, compression: Optional[str] = "gzip",
                 progress: Optional[bool] = None, ray: Any = None, workers: Optional[int] = None,
-                threads_per_worker: Optional[int] = None, _info: Optional[Dict[str, Any]] = None,
-                _log: Optional[Callable[[str], None]] = None):
+                threads_per_worker: Optional[int] = None, center: str = "auto", on_bad_interval: str = "error",
+                iupac: str = "error", max_output_bytes: Optional[float] = MAX_OUTPUT_BYTES,
+                _info: Optional[Dict[str, Any]] = None, _log: Optional[Callable[[str], None]] = None):
     """Saturation ISM of many regions into a resumable HDF5 results file (``basewise ism``).
 
     Args:
@@ -729,6 +1008,11 @@ def ism_regions(model: Any, regions: Any = None, genome: Optional[str] = None, o
             ``threads_per_worker`` CPUs).
         threads_per_worker: torch threads per Ray worker. Default None (2 on CPU workers; the
             CPUs per GPU on GPU workers, at most 8).
+        center, on_bad_interval, iupac: as for :func:`read_regions` (where ``width`` centres;
+            what an interval outside its chromosome does; letters other than ACGTN). Defaults
+            "auto", "error", "error".
+        max_output_bytes: refuse before the run when the scores would exceed this many bytes
+            uncompressed (None: no limit). Default 1e11 (100 GB).
 
     Returns:
         The opened results (:class:`basewise.results.Results`; use it as a context manager);
@@ -746,7 +1030,7 @@ def ism_regions(model: Any, regions: Any = None, genome: Optional[str] = None, o
     from .ism import ENGINES, _check_dtype, _check_compare
 
     _check_ray(ray)
-    regions_ = _regions_for_run(regions, genome, fasta, width)
+    regions_ = _regions_for_run(regions, genome, fasta, width, center, on_bad_interval, iupac, _log)
     L = regions_.seq_len
     end = L if end_pos is None else end_pos
     if not (isinstance(start_pos, (int, np.integer)) and isinstance(end, (int, np.integer)) and 0 <= start_pos < end <= L):
@@ -774,9 +1058,9 @@ def ism_regions(model: Any, regions: Any = None, genome: Optional[str] = None, o
                                       devices=devices, batch_size=batch_size, engine=engine, dtype=dtype),
                     sys_path=sys_path)
     info = {"inputs": regions_.info, "model": wspec or ident.get("type"), **(_info or {})}
-    return _probe_run_open(job, output, arguments, info, chunk_size=chunk_size, overwrite=overwrite,
-                           compression=compression, progress=progress, ray=ray, workers=workers,
-                           threads_per_worker=threads_per_worker, log=_log)
+    return _probe_run_open(job, output, arguments, info, max_output_bytes=max_output_bytes, chunk_size=chunk_size,
+                           overwrite=overwrite, compression=compression, progress=progress, ray=ray,
+                           workers=workers, threads_per_worker=threads_per_worker, log=_log)
 
 
 def attribute_regions(model: Any, regions: Any = None, genome: Optional[str] = None,
@@ -788,6 +1072,8 @@ def attribute_regions(model: Any, regions: Any = None, genome: Optional[str] = N
                       device: Any = "cpu", chunk_size: int = 256, overwrite: bool = False,
                       compression: Optional[str] = "gzip", progress: Optional[bool] = None, ray: Any = None,
                       workers: Optional[int] = None, threads_per_worker: Optional[int] = None,
+                      n_steps: Optional[int] = None, center: str = "auto", on_bad_interval: str = "error",
+                      iupac: str = "error", max_output_bytes: Optional[float] = MAX_OUTPUT_BYTES,
                       _info: Optional[Dict[str, Any]] = None, _log: Optional[Callable[[str], None]] = None):
     """Attributions of many regions into a resumable HDF5 results file (``basewise attribute``).
 
@@ -795,7 +1081,9 @@ def attribute_regions(model: Any, regions: Any = None, genome: Optional[str] = N
     chunking, ``ray=``), plus those of :func:`basewise.get_attributions`: ``method``
     ("deepshap"), ``hypothetical`` (False), ``correct_grad`` (False), ``n_shuffles`` (20),
     ``seed`` (None: drawn once per run, so every chunk and every Ray worker uses the same one;
-    recorded in the file's info), ``target`` (None), ``batch_size`` (None), ``device`` ("cpu").
+    recorded in the file's info), ``target`` (None: an int task, or a (task, bin) tuple for the
+    captum methods), ``batch_size`` (None), ``device`` ("cpu"), ``n_steps`` (None: captum's 50;
+    integratedgradients only).
 
     Returns:
         The opened results (:class:`basewise.results.Results`).
@@ -813,9 +1101,14 @@ def attribute_regions(model: Any, regions: Any = None, genome: Optional[str] = N
     from .attribution import METHODS
 
     _check_ray(ray)
-    regions_ = _regions_for_run(regions, genome, fasta, width)
     if method not in METHODS:
         raise RunError(f"--method: expected one of {list(METHODS)}, got {method!r}")
+    if n_steps is not None and method != "integratedgradients":
+        raise RunError(f"--n-steps: goes with --method integratedgradients, not {method}")
+    if isinstance(device, (list, tuple)):
+        raise RunError(f"--device: attributions run on one device (cpu, cuda or a CUDA index), got {list(device)}; "
+                       "for several GPUs use --ray with one worker per GPU")
+    regions_ = _regions_for_run(regions, genome, fasta, width, center, on_bad_interval, iupac, _log)
     obj, ident, wspec, sys_path = _model_for_run(model)
     if method == "deepshap" and ident["kind"] in ("torchscript", "torch.export"):
         raise RunError(
@@ -828,7 +1121,7 @@ def attribute_regions(model: Any, regions: Any = None, genome: Optional[str] = N
         drawn = int(np.random.SeedSequence().entropy % (2 ** 31))
     arguments = {"command": "attribute", "model": model_ident_for_compare(ident), "transform": transform_options,
                  "method": method, "hypothetical": hypothetical, "correct_grad": correct_grad,
-                 "n_shuffles": n_shuffles, "seed": seed, "target": target}
+                 "n_shuffles": n_shuffles, "seed": seed, "target": list(target) if isinstance(target, tuple) else target}
     if prediction_transform is not None:
         arguments["transform_object"] = type(prediction_transform).__qualname__
     kw: Dict[str, Any] = dict(device=device, method=method, correct_grad=correct_grad, hypothetical=hypothetical,
@@ -837,12 +1130,15 @@ def attribute_regions(model: Any, regions: Any = None, genome: Optional[str] = N
         kw["target"] = target
     if batch_size is not None:
         kw["batch_size"] = batch_size
+    if n_steps is not None:
+        kw["n_steps"] = n_steps
+        arguments["n_steps"] = n_steps
     job = RegionJob("attribution", regions_, model=obj, model_spec=wspec, transform=transform,
                     transform_options=transform_options if prediction_transform is None else None,
                     score_kwargs=kw, sys_path=sys_path)
     info = {"inputs": regions_.info, "model": wspec or ident.get("type"), **(_info or {})}
     if drawn is not None:
         info["deepshap_seed_drawn"] = drawn
-    return _probe_run_open(job, output, arguments, info, chunk_size=chunk_size, overwrite=overwrite,
-                           compression=compression, progress=progress, ray=ray, workers=workers,
-                           threads_per_worker=threads_per_worker, log=_log)
+    return _probe_run_open(job, output, arguments, info, max_output_bytes=max_output_bytes, chunk_size=chunk_size,
+                           overwrite=overwrite, compression=compression, progress=progress, ray=ray,
+                           workers=workers, threads_per_worker=threads_per_worker, log=_log)

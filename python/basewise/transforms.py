@@ -98,10 +98,13 @@ def _resolve_names(values: list, model: Any, arg: str) -> List[int]:
         return values
     if model is None:
         raise ValueError(f"{arg}: task names {values!r} need `model` (with get_task_idxs) to resolve them")
+    names = _task_names(model)
+    missing = [v for v in values if isinstance(v, str) and names is not None and v not in names]
+    if missing:  # before get_task_idxs, whose error (list.index) names neither the argument nor the choices
+        raise ValueError(f"{arg}: unknown task names {missing!r}")
     if hasattr(model, "get_task_idxs"):
         out = model.get_task_idxs(values)
         return [int(i) for i in _as_list(out, arg)]
-    names = _task_names(model)
     if names is None:
         raise ValueError(f"{arg}: cannot resolve task names: the model has no get_task_idxs or task list")
     missing = [v for v in values if isinstance(v, str) and v not in names]
