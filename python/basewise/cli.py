@@ -6,6 +6,8 @@ Sub-commands:
     ism        ISM of many sequences (FASTA, or BED + genome FASTA) into an HDF5 results file.
     attribute  Attributions of many sequences into an HDF5 results file.
     modisco    Export an attribution results file as TF-MoDISco (modisco-lite) inputs.
+    summarize  Per-region or per-position summaries of a results file in genome coordinates.
+    export-bigwig  A per-position score of a results file as bigWig or bedGraph, for genome browsers.
 
 ``ism`` and ``attribute`` process the regions ``--chunk-size`` at a time and write each chunk
 to the results file (:mod:`basewise.results`) before the next one starts, so memory does not
@@ -298,6 +300,8 @@ _EXAMPLES = {
   basewise ism -m mymodels.py:build --bed peaks.narrowPeak.gz --genome hg38.fa --width 1000 -o ism.h5
   basewise attribute -m mymodels.py:build --bed peaks.bed --genome hg38.fa --width 1000 --hypothetical -o shap.h5
   basewise modisco shap.h5 -o modisco_in/
+  basewise summarize ism.h5 --by position --top 5 -o top.tsv
+  basewise export-bigwig ism.h5 --genome hg38.fa -o ism.bw
 run 'basewise COMMAND -h' for the options of each command""",
     "ism": """examples:
   # ISM of the central 100 bp of 1 kb windows around narrowPeak summits, summed over output bins
@@ -375,6 +379,10 @@ def build_parser() -> argparse.ArgumentParser:
     mod.add_argument("-o", "--out-dir", required=True, help="folder for ohe.npz and shap.npz")
     mod.add_argument("--allow-incomplete", action="store_true", help="export the finished regions of an unfinished run")
     mod.add_argument("--allow-non-hypothetical", action="store_true", help="export non-hypothetical attributions")
+
+    from ._cli_tools import register  # summarize, export-bigwig
+
+    _COMMANDS.update(register(sub))
     return parser
 
 
