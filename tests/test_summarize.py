@@ -601,19 +601,7 @@ def test_cli_bigwig_without_pybigwig(files, tmp_path, monkeypatch):
     assert not (tmp_path / "a.bw").exists()
 
 
-def _wired():
-    from basewise.cli import build_parser
-
-    try:
-        build_parser().parse_args(["summarize", "x.h5"])
-    except SystemExit:
-        return False
-    return True
-
-
 def test_through_basewise_cli_main(files, tmp_path, capsys):
-    if not _wired():
-        pytest.skip("summarize/export-bigwig are not registered in basewise.cli yet")
     from basewise.cli import main
 
     d = files["dir"]
@@ -629,3 +617,16 @@ def test_through_basewise_cli_main(files, tmp_path, capsys):
     assert main(["export-bigwig", str(d / "ism.h5"), "-o", str(tmp_path / "t.txt")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("basewise export-bigwig: error: -o/--output:") and err.count("\n") == 1
+
+
+def test_from_a_real_process(files, tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "basewise", "summarize", str(files["dir"] / "attr.h5"), "--top", "2"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0].split("\t")[:3] == ["region", "chrom", "start"] and len(p.stdout.splitlines()) == 3
+    p = subprocess.run([sys.executable, "-m", "basewise", "summarize", str(files["dir"] / "attr.h5"), "--score", "logo"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith("basewise summarize: error: --score: 'logo'")
