@@ -405,3 +405,76 @@ def test_results_can_be_read_while_a_run_writes_them(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# the README's worked example, end to end on a small genome
+# ---------------------------------------------------------------------------------------------
+def test_worked_example_end_to_end(d, tmp_path, capsys):
+    """Gzipped narrowPeak input with track lines, summit centring, a bad interval skipped, a
+    per-position summary, and a bigWig export read back with pyBigWig."""
+    pyBigWig = pytest.importorskip("pyBigWig")
+    import pandas as pd
+
+    W = 16
+    peaks = [narrowpeak("chr1", 20, 120, "p1", 30), narrowpeak("chr1", 30, 90, "p2", 25, "-"),  # overlaps p1
+             narrowpeak("chr2", 60, 90, "near_end", 25),  # summit 85 + 8 > 90 bp: past the end of chr2
+             narrowpeak("chr1", 300, 380, "p3", 10)]
+    path = bed(d, "worked.narrowPeak.gz", peaks, gz=True)
+    out = tmp_path / "ism.h5"
+    rc, stdout, err = run(["ism", "-m", "inputs_models:build", "--bed", path, "--genome", d / "genome.fa",
+                           "--width", W, "--start-pos", 2, "--end-pos", 14, "--compare", "subtract",
+                           "--tasks", 1, "--length-aggfunc", "mean", "--on-bad-interval", "skip", "-o", out], capsys)
+    assert rc == 0, err
+    assert "3 regions" in stdout and "1 intervals skipped" in stdout
+    assert "uncompressed" in err and "near_end" in err  # the estimate and the skipped interval are logged
+    starts = [20 + 30 - W // 2, 30 + 25 - W // 2, 300 + 10 - W // 2]
+    seqs = [genome_seq(d, "chr1", starts[0], starts[0] + W),
+            reverse_complement(genome_seq(d, "chr1", starts[1], starts[1] + W)),
+            genome_seq(d, "chr1", starts[2], starts[2] + W)]
+    from basewise.transforms import Aggregate
+
+    want = ISM_predict(seqs, model(), prediction_transform=Aggregate(tasks=[1], length_aggfunc="mean"),
+                       start_pos=2, end_pos=14, compare_func="subtract", return_df=False, progress=False)
+    with open_results(out) as r:
+        assert r.regions["start"].tolist() == starts and r.skipped["name"].tolist() == ["near_end"]
+        np.testing.assert_allclose(r.scores[:], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+    # per-position score as the summary defines it: mean |effect| over the 3 substitutions
+    ref = [np.array(["ACGT".index(c) for c in s[2:14]]) for s in seqs]
+    per_pos = []
+    for i in range(3):
+        eff = np.abs(want[i, :, :, 0, 0])  # (P, 4)
+        mask = np.ones_like(eff, bool)
+        mask[np.arange(12), ref[i]] = False
+        per_pos.append((eff * mask).sum(1) / 3)
+    top_tsv = tmp_path / "top.tsv"
+    rc, _, err = run(["summarize", out, "--by", "position", "--top", 1, "-o", top_tsv], capsys)
+    assert rc == 0, err
+    top = pd.read_csv(top_tsv, sep="\t")
+    assert len(top) == 3
+    for i in range(3):
+        row = top.iloc[i]
+        j = int(np.argmax(per_pos[i]))
+        # genome coordinate of mutated position j: + strand start + 2 + j; - strand end - 1 - (2 + j)
+        pos = starts[i] + W - 1 - (2 + j) if i == 1 else starts[i] + 2 + j
+        assert int(row["pos"]) == pos
+        np.testing.assert_allclose(float(row["score"]), per_pos[i][j], rtol=1e-5)
+
+    bw = tmp_path / "ism.bw"
+    rc, _, err = run(["export-bigwig", out, "--genome", d / "genome.fa", "-o", bw], capsys)
+    assert rc == 0, err
+    track = {}
+    for i in range(3):
+        for j in range(12):
+            pos = starts[i] + W - 1 - (2 + j) if i == 1 else starts[i] + 2 + j
+            track.setdefault(pos, []).append(per_pos[i][j])
+    assert any(len(v) == 2 for v in track.values())  # the test covers merging
+    f = pyBigWig.open(str(bw))
+    try:
+        assert f.chroms("chr1") == 400
+        for pos, vals in track.items():  # overlapping regions (p1, p2) merged by their mean
+            np.testing.assert_allclose(f.values("chr1", pos, pos + 1)[0], np.mean(vals), rtol=1e-5)
+        assert f.intervals("chr2") is None or len(f.intervals("chr2")) == 0
+    finally:
+        f.close()
