@@ -478,3 +478,22 @@ def test_worked_example_end_to_end(d, tmp_path, capsys):
         assert f.intervals("chr2") is None or len(f.intervals("chr2")) == 0
     finally:
         f.close()
+
+
+def test_progress_moves_within_a_chunk(d, tmp_path, capsys, monkeypatch):
+    import basewise.runs
+
+    seqs = ["ACGTNACGTA", "TTGCA" * 2]
+    counts = []
+    ISM_predict(seqs, model(), return_df=False, progress=counts.append, start_pos=1, end_pos=8)
+    assert sum(counts) == 3 * 2 * 7 + 1  # the N at offset 4 has 4 substitutions
+
+    init = basewise.runs._LogProgress.__init__
+    monkeypatch.setattr(basewise.runs._LogProgress, "__init__",
+                        lambda self, *a, **k: init(self, *a, **{**k, "every": 0.0}))
+    path = bed(d, "chunk.bed", [("chr1", 10 + i, 30 + i, f"r{i}", 0, "+") for i in range(4)])
+    rc, _, err = run(["ism", "-m", "inputs_models:build", "--bed", path, "--genome", d / "genome.fa", "-o",
+                      tmp_path / "o.h5", "--chunk-size", "4", "--batch-size", "8", "--engine", "full"], capsys)
+    assert rc == 0, err
+    lines = [x for x in err.splitlines() if "regions (" in x and "/4 regions" in x]
+    assert len(lines) > 4 and "4/4 regions (100%)" in lines[-1]  # many updates inside the one chunk

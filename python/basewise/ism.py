@@ -304,7 +304,9 @@ def ISM_predict(
         engine: "auto", "incremental" (exact windowed recompute, see
             :func:`basewise.plan_ism`) or "full" (a full forward per mutant). Default "auto".
         progress: show a tqdm progress bar on stderr: None shows it for runs longer than about
-            2 seconds, True always, False never. Default None.
+            2 seconds, True always, False never; or a callable, called with the number of
+            mutants each time a batch of them lands (to drive a progress display of your own,
+            as the region runs do). Default None.
         dtype: dtype of the one-hot batches and of the model's computation: the model's own
             dtype, or float16/bfloat16 under autocast for a float32 (or half-precision) model;
             other combinations raise a ValueError before any model call. Results are float32.
@@ -337,8 +339,8 @@ def ISM_predict(
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     if not (model is not None and callable(model)):
         raise ValueError(f"model: expected a torch.nn.Module or callable, got {type(model).__name__}")
-    if progress not in (None, True, False):
-        raise ValueError(f"progress: expected None, True or False, got {progress!r}")
+    if progress not in (None, True, False) and not callable(progress):
+        raise ValueError(f"progress: expected None, True, False or a callable, got {progress!r}")
     _check_dtype(dtype, model)
     dev_list = _parse_devices(devices)
     ref_np = to_indices(seqs, genome)  # (B, L) int8
@@ -428,6 +430,19 @@ def _place_replicas(model: Any, dev_list: List[torch.device]) -> List[tuple]:
     return out
 
 
+class _CallbackBar:
+    """``progress=callable``: the bar's updates go to the caller's function."""
+
+    def __init__(self, fn: Callable[[int], None]):
+        self.fn = fn
+
+    def update(self, n: int) -> None:
+        self.fn(int(n))
+
+    def close(self) -> None:
+        pass
+
+
 def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine, dtype, progress):
     """Predict reference and mutants; returns preds (B, P, 4, T, L_out) and ref (B, T, L_out)."""
     n_seqs, length = ref_np.shape
@@ -467,10 +482,13 @@ def _run(replicas, prediction_transform, ref_np, start, end, batch_size, engine,
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=n_mutants_total, unit="mut", file=sys.stderr, disable=progress is False,
-        delay=0 if progress else 2.0, leave=False, dynamic_ncols=True, desc="ISM",
-    )
+    if callable(progress):
+        bar = _CallbackBar(progress)
+    else:
+        bar = tqdm(
+            total=n_mutants_total, unit="mut", file=sys.stderr, disable=progress is False,
+            delay=0 if progress else 2.0, leave=False, dynamic_ncols=True, desc="ISM",
+        )
     preds = None  # (B, P, 4, T, L_out) float32, allocated once the output shape is known
     ref_preds = None  # (B, T, L_out)
     lock = threading.Lock()

@@ -622,8 +622,10 @@ class RegionJob:
             self.transform = build_aggregate(self.transform_options, self.model)
         return self
 
-    def score(self, idx: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(idx, base indices (n, L) int8, scores) of the regions ``idx``."""
+    def score(self, idx: np.ndarray, on_mutants: Optional[Callable[[int], None]] = None
+              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(idx, base indices (n, L) int8, scores) of the regions ``idx``; ``on_mutants(k)`` is
+        called as ISM mutants land (progress within a chunk)."""
         from .sequence import to_indices
 
         seqs = self.regions.fetch(idx)
@@ -631,7 +633,7 @@ class RegionJob:
             from . import ism
 
             scores = ism.ISM_predict(seqs, self.model, prediction_transform=self.transform, return_df=False,
-                                     progress=False, **self.score_kwargs)  # (n, P, 4, T, L_out)
+                                     progress=on_mutants or False, **self.score_kwargs)  # (n, P, 4, T, L_out)
         else:
             from .attribution import get_attributions
 
@@ -818,8 +820,15 @@ def run_job(job: RegionJob, output: str, arguments: Dict[str, Any], *, info: Opt
             if ray_ctx is not None:
                 ray_ctx.run(chunks, write)
             else:
+                # the bar moves within a chunk too: by the fraction of a region's mutants
+                per_region = 3.0 * (int(job.score_kwargs.get("end_pos") or regions.seq_len)
+                                    - int(job.score_kwargs.get("start_pos") or 0))
+                on_mutants = (lambda k: bar.update(k / per_region)) if job.kind == "ism" else None
                 for idx in chunks:
-                    write(*job.score(idx))
+                    before = bar.n
+                    result = job.score(idx, on_mutants)
+                    bar.n = before  # the chunk's exact count replaces the estimate
+                    write(*result)
             timing["chunks_s"] = time.perf_counter() - t0
         except KeyboardInterrupt:
             bar.close()
@@ -850,7 +859,7 @@ class _LogProgress:
         self._t0 = self._last = time.monotonic()
         self._start = initial
 
-    def update(self, k: int) -> None:
+    def update(self, k: float) -> None:
         import time
 
         self.n += k
@@ -859,7 +868,7 @@ class _LogProgress:
             self._last = now
             rate = (self.n - self._start) / max(now - self._t0, 1e-9)
             eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-            self.log(f"{self.n}/{self.total} regions ({100 * self.n / self.total:.0f}%), {rate:.3g} regions/s, "
+            self.log(f"{self.n:.0f}/{self.total} regions ({100 * self.n / self.total:.0f}%), {rate:.3g} regions/s, "
                      f"about {eta:.0f} s left")
 
     def close(self) -> None:
@@ -873,7 +882,8 @@ def _progress(tqdm: Any, progress: Optional[bool], total: int, initial: int, des
     if log is not None and progress is None and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
         return _LogProgress(total, initial, desc, log)
     return tqdm(total=total, initial=initial, unit="region", file=sys.stderr, disable=progress is False,
-                delay=0 if progress else 2.0, dynamic_ncols=True, desc=desc, smoothing=0.1)
+                delay=0 if progress else 2.0, dynamic_ncols=True, desc=desc, smoothing=0.1,
+                unit_scale=True)  # fractional regions within a chunk print as 1.33, not 1.3333333
 
 
 def model_ident_for_compare(ident: Dict[str, Any]) -> Dict[str, Any]:
