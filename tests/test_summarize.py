@@ -435,7 +435,8 @@ def test_chrom_sizes_sources_and_checks(files, tmp_path):
         S.read_chrom_sizes(tmp_path / "bad.sizes")
     with pytest.raises(ValueError, match=r"chrom_sizes: chromosome 'chr2' of the regions is not in"):
         S.to_bedgraph(files["dir"] / "ism.h5", tmp_path / "x.bg", chrom_sizes={"chr1": 400})
-    with pytest.raises(ValueError, match=r"chrom_sizes: a region ends at chr1:340, past the size of chr1 \(200\)"):
+    with pytest.raises(ValueError, match=r"chrom_sizes: region 4 \(minus_plain\) has a base at chr1:334, past the "
+                                         r"size of chr1 \(200\); are these the chromosome sizes of the run's genome\?"):
         S.to_bedgraph(files["dir"] / "ism.h5", tmp_path / "x.bg", chrom_sizes={"chr1": 200, "chr2": 300})
 
 
@@ -550,7 +551,7 @@ def test_cli_summarize_regions_and_positions(files, tmp_path, capsys):
     (["export-bigwig", "{d}/ism.h5", "-o", "{t}/x.bedGraph", "--genome", "{d}/nope.fa"],
      "--genome: file '{d}/nope.fa' does not exist"),
     (["export-bigwig", "{d}/ism.h5", "-o", "{t}/x.bg", "--genome", "{t}/small.sizes"],
-     "--genome: a region ends at chr1:340, past the size of chr1 (100)"),
+     "--genome: region 0 (minus_motif) has a base at chr1:164, past the size of chr1 (100)"),
 ])
 def test_cli_errors_are_one_line_run_errors(files, tmp_path, argv, message):
     (tmp_path / "small.sizes").write_text("chr1\t100\nchr2\t300\n")
@@ -630,3 +631,25 @@ def test_from_a_real_process(files, tmp_path):
     p = subprocess.run([sys.executable, "-m", "basewise", "summarize", str(files["dir"] / "attr.h5"), "--score", "logo"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.startswith("basewise summarize: error: --score: 'logo'")
+
+
+def test_tracks_drop_positions_of_regions_padded_past_chromosome_ends(files, tmp_path):
+    """--on-bad-interval pad: N past a chromosome's ends; never a negative position in a track,
+    and nothing past the end once the chromosome sizes are known."""
+    d = files["dir"]
+    bed = pd.DataFrame({"chrom": ["chr2", "chr2"], "start": [0, 290], "end": [10, 300], "strand": ["+", "-"]})
+    out = tmp_path / "pad.h5"
+    ism_regions(MotifModel().eval(), bed, str(d / "genome.fa"), str(out), width=L, on_bad_interval="pad",
+                compare_func="subtract", engine="full", progress=False).close()
+    with open_results(out) as r:
+        assert r.regions.start.tolist() == [-15, 275] and r.regions.end.tolist() == [25, 315]
+    S.to_bedgraph(out, tmp_path / "a.bg")
+    _, got = _read_bedgraph(tmp_path / "a.bg")
+    assert sorted(g for _, g in got) == list(range(0, 25)) + list(range(275, 315))
+    S.to_bedgraph(out, tmp_path / "b.bg", chrom_sizes=d / "genome.fa")
+    _, got_sized = _read_bedgraph(tmp_path / "b.bg")
+    assert sorted(g for _, g in got_sized) == list(range(0, 25)) + list(range(275, 300))
+    assert all(got_sized[k] == got[k] for k in got_sized)
+    # the tables keep the padded positions (reference N)
+    df = S.to_pandas(out)
+    assert df.pos.min() == -15 and (df[(df.pos < 0) | (df.pos >= 300)].ref == "N").all()

@@ -43,7 +43,9 @@ Positions: column ``p`` of a region's scores is position ``offset + p`` of the *
 (``offset`` = the ISM run's ``start_pos``, 0 for attributions). Regions on the ``-`` strand were
 reverse-complemented before scoring, so sequence position ``j`` is genome coordinate
 ``end - 1 - j`` there and ``start + j`` on ``+`` / ``.``. Reference bases are reported on the
-``+`` strand. Genome positions are 0-based.
+``+`` strand. Genome positions are 0-based. Regions N-padded past a chromosome's ends
+(``--on-bad-interval pad``) keep those positions (reference N; coordinates below 0 or past the
+end) in the tables; the bedGraph and bigWig tracks leave them out.
 
 Only finished regions (the file's done mask) are read; the tables say how many were skipped in
 ``df.attrs["skipped"]`` (and the ``basewise summarize`` command prints it).
@@ -585,9 +587,14 @@ def _check_genomic(r) -> None:
         )
 
 
-def _merged_track(r, score: Optional[str], merge: str, task: int, bin: int
+def _merged_track(r, score: Optional[str], merge: str, task: int, bin: int, sizes: Optional[Dict[str, int]]
                   ) -> Tuple[str, int, Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]], Dict[str, int]]:
-    """Per chromosome the merged score as runs (starts, ends, values), and the region ends."""
+    """Per chromosome the merged score as runs (starts, ends, values), and the header sizes.
+
+    Positions outside a chromosome (regions N-padded past its ends, ``--on-bad-interval pad``)
+    are dropped: those before 0 always, those past the end when ``sizes`` are given (a real base
+    there means the sizes are not the run's genome: ValueError).
+    """
     if merge not in MERGES:
         raise ValueError(f"merge: expected one of {list(MERGES)}, got {merge!r}")
     _check_genomic(r)
@@ -599,12 +606,26 @@ def _merged_track(r, score: Optional[str], merge: str, task: int, bin: int
         g = ps.genome_positions()  # (n, P)
         chroms = ps.regions["chrom"].to_numpy()
         for c in np.unique(chroms):
-            rows = chroms == c
-            v = ps.values[rows].reshape(-1)
-            keep = ~np.isnan(v)
-            pos.setdefault(c, []).append(g[rows].reshape(-1)[keep])
+            rows = np.flatnonzero(chroms == c)
+            if sizes is not None and c not in sizes:
+                raise ValueError(f"chrom_sizes: chromosome {c!r} of the regions is not in the chromosome sizes "
+                                 f"({', '.join(list(sizes)[:5])}{', ...' if len(sizes) > 5 else ''})")
+            gc, v = g[rows], ps.values[rows]  # (m, P)
+            inside = gc >= 0
+            if sizes is not None:
+                past = gc >= sizes[c]
+                bad = past & (ps.ref[rows] != 4)  # a real base past the end: other chromosome sizes
+                if bad.any():
+                    i, j = np.argwhere(bad)[0]
+                    raise ValueError(
+                        f"chrom_sizes: region {int(ps.index[rows[i]])} ({ps.regions['name'].iat[rows[i]]}) has a "
+                        f"base at {c}:{int(gc[i, j])}, past the size of {c} ({sizes[c]}); are these the "
+                        "chromosome sizes of the run's genome?")
+                inside &= ~past
+            keep = inside & ~np.isnan(v)
+            pos.setdefault(c, []).append(gc[keep])
             val.setdefault(c, []).append(v[keep])
-            ends[c] = max(ends.get(c, 0), int(ps.regions["end"].to_numpy()[rows].max()))
+            ends[c] = max(ends.get(c, 1), int(ps.regions["end"].to_numpy()[rows].max()))
     track = {}
     for c in sorted(pos):
         p, v = np.concatenate(pos[c]), np.concatenate(val[c])
@@ -622,20 +643,7 @@ def _merged_track(r, score: Optional[str], merge: str, task: int, bin: int
         brk = np.flatnonzero(np.r_[True, (upos[1:] != upos[:-1] + 1) | (uval[1:] != uval[:-1])])
         run_end = np.r_[brk[1:], len(upos)]
         track[c] = (upos[brk], upos[run_end - 1] + 1, uval[brk])
-    return score, skipped, track, ends
-
-
-def _sizes_for(track_ends: Dict[str, int], chrom_sizes) -> Dict[str, int]:
-    if chrom_sizes is None:
-        return dict(track_ends)
-    sizes = read_chrom_sizes(chrom_sizes)
-    for c, e in track_ends.items():
-        if c not in sizes:
-            raise ValueError(f"chrom_sizes: chromosome {c!r} of the regions is not in the chromosome sizes "
-                             f"({', '.join(list(sizes)[:5])}{', ...' if len(sizes) > 5 else ''})")
-        if e > sizes[c]:
-            raise ValueError(f"chrom_sizes: a region ends at {c}:{e}, past the size of {c} ({sizes[c]})")
-    return sizes
+    return score, skipped, track, dict(sizes) if sizes is not None else ends
 
 
 def to_bedgraph(results: ResultsLike, path: Union[str, os.PathLike], score: Optional[str] = None,
@@ -645,7 +653,9 @@ def to_bedgraph(results: ResultsLike, path: Union[str, os.PathLike], score: Opti
 
     Where regions overlap, the scores of one genome position are merged: their mean (default)
     or their max. Adjacent positions with equal merged values share one line; positions with a
-    NaN score and positions outside every region are left out. Lines are sorted by chromosome
+    NaN score, positions outside every region and positions outside the chromosome (regions
+    N-padded past its ends, ``--on-bad-interval pad``: before 0 always, past the end when
+    ``chrom_sizes`` are given) are left out. Lines are sorted by chromosome
     (as text) and start, the order ``bedGraphToBigWig`` needs; no track line. Values are written
     with 7 significant digits. A path ending in ``.gz`` is gzip-compressed. The regions are read
     chunk by chunk, but the covered positions and their scores are gathered per chromosome before
@@ -659,7 +669,8 @@ def to_bedgraph(results: ResultsLike, path: Union[str, os.PathLike], score: Opti
         merge: "mean" or "max" over overlapping regions. Default "mean".
         task, bin: the ISM task and output bin. Defaults 0, 0.
         chrom_sizes: chromosome sizes (as for :func:`export_bigwig`) to check the regions
-            against (a bedGraph has no header). Default None (no check).
+            against (a bedGraph has no header): an unknown chromosome, or a base of a scored
+            sequence past a chromosome's end, raises ValueError. Default None (no check).
 
     Returns:
         A dict: path, score, merge, intervals (lines written), positions (genome positions
@@ -671,9 +682,8 @@ def to_bedgraph(results: ResultsLike, path: Union[str, os.PathLike], score: Opti
     import gzip
 
     with _Opened(results) as r:
-        score, skipped, track, ends = _merged_track(r, score, merge, task, bin)
-    if chrom_sizes is not None:
-        _sizes_for(ends, chrom_sizes)
+        sizes = None if chrom_sizes is None else read_chrom_sizes(chrom_sizes)
+        score, skipped, track, _ = _merged_track(r, score, merge, task, bin, sizes)
     path = os.fspath(path)
     opener = gzip.open if path.endswith(".gz") else open
     n_lines = n_pos = 0
@@ -712,9 +722,9 @@ def export_bigwig(results: ResultsLike, path: Union[str, os.PathLike], score: Op
         merge: "mean" or "max" over overlapping regions. Default "mean".
         chrom_sizes: the genome's chromosome sizes for the bigWig header: a genome FASTA (its
             ``.fai``, made by pyfaidx if missing), a ``.fai`` or ``chrom.sizes`` file, or a dict.
-            Default None: the end of the last region on each chromosome, which makes a valid
-            file, but genome browsers check the header against their assembly: give the real
-            sizes for a track to load there.
+            Checked like in :func:`to_bedgraph`. Default None: the end of the last region on
+            each chromosome, which makes a valid file, but genome browsers check the header
+            against their assembly: give the real sizes for a track to load there.
         task, bin: the ISM task and output bin. Defaults 0, 0.
 
     Returns:
@@ -725,8 +735,8 @@ def export_bigwig(results: ResultsLike, path: Union[str, os.PathLike], score: Op
     """
     pyBigWig = _pybigwig()
     with _Opened(results) as r:
-        score, skipped, track, ends = _merged_track(r, score, merge, task, bin)
-    sizes = _sizes_for(ends, chrom_sizes)
+        sizes = None if chrom_sizes is None else read_chrom_sizes(chrom_sizes)
+        score, skipped, track, sizes = _merged_track(r, score, merge, task, bin, sizes)
     path = os.fspath(path)
     header = [(c, int(sizes[c])) for c in sorted(sizes)]
     bw = pyBigWig.open(path, "w")
