@@ -46,6 +46,15 @@ MODEL_SRC = textwrap.dedent("""
         m.data_params = {"tasks": {"name": ["DNase", "H3K27ac"]}}
         return m
 
+    class Picky(Tiny):
+        def forward(self, x):
+            if bool((x[:, :, 0].sum(1) == 0).any()):
+                raise ValueError("cannot score a sequence that starts with N")
+            return super().forward(x)
+
+    def build_picky():
+        return Picky()
+
     def build_centred():
         # a linear model with outputs of both signs: log2FC gives NaN where mutant and reference
         # predictions differ in sign
@@ -497,3 +506,15 @@ def test_progress_moves_within_a_chunk(d, tmp_path, capsys, monkeypatch):
     assert rc == 0, err
     lines = [x for x in err.splitlines() if "regions (" in x and "/4 regions" in x]
     assert len(lines) > 4 and "4/4 regions (100%)" in lines[-1]  # many updates inside the one chunk
+
+
+def test_a_region_failing_mid_run_is_named(d, tmp_path, capsys):
+    path = bed(d, "picky.bed", [("chr1", 10, 30, "fine0", 0, "+"), ("chr1", 40, 60, "fine1", 0, "+"),
+                                ("chr1", 100, 120, "starts_with_N", 0, "+"), ("chr1", 140, 160, "fine2", 0, "+")])
+    out = tmp_path / "o.h5"
+    rc, _, err = run(["ism", "-m", "inputs_models:build_picky", "--bed", path, "--genome", d / "genome.fa", "-o",
+                      out, "-q", "--chunk-size", "2", "--engine", "full"], capsys)
+    assert rc == 2
+    assert "region 'starts_with_N' (chr1:100-120)" in err and "starts with N" in err
+    with open_results(out) as r:  # the chunk before it is saved; the same command resumes there
+        assert r.done.tolist() == [True, True, False, False]

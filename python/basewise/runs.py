@@ -629,6 +629,33 @@ class RegionJob:
         from .sequence import to_indices
 
         seqs = self.regions.fetch(idx)
+        try:
+            scores = self._score(seqs, on_mutants)
+        except (ValueError, RuntimeError, IndexError, TypeError) as e:
+            if isinstance(e, RunError):
+                raise
+            raise self._culprit(idx, seqs, e) from e
+        return idx, to_indices(seqs), scores
+
+    def _culprit(self, idx: np.ndarray, seqs: List[str], e: BaseException) -> BaseException:
+        """The error of a failed chunk, naming the first region that fails on its own (the
+        original error when none does, e.g. out of memory for the whole chunk)."""
+        if len(seqs) > 1:
+            for i, seq in zip(idx, seqs):
+                try:
+                    self._score([seq], None)
+                except Exception as e1:  # noqa: BLE001 - any failure of this region names it
+                    e = e1
+                    break
+            else:
+                return e
+        else:
+            i = idx[0]
+        row = self.regions.table.iloc[int(i)]
+        return RunError(f"region {row['name']!r} ({row['chrom']}:{row['start']}-{row['end']}): "
+                        f"{type(e).__name__}: {_first_line(e)}")
+
+    def _score(self, seqs: List[str], on_mutants: Optional[Callable[[int], None]]) -> np.ndarray:
         if self.kind == "ism":
             from . import ism
 
@@ -639,7 +666,7 @@ class RegionJob:
 
             scores = np.asarray(get_attributions(self.model, seqs, prediction_transform=self.transform,
                                                  **self.score_kwargs))  # (n, 4, L)
-        return idx, to_indices(seqs), scores
+        return scores
 
     def probe(self) -> Tuple[Tuple[int, ...], np.dtype]:
         """The first region through the model, the transform and the requested method, before
