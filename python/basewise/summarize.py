@@ -16,20 +16,14 @@ to the genome:
 Per-position scores (``score=``; the default is ``"mean_abs"`` for ISM and ``"attr_x_input"`` for
 attributions):
 
-=================  ============================================  =====================================
-score              ISM results (N, P, 4, T, L_out)               attribution results (N, 4, L)
-=================  ============================================  =====================================
-``"mean_abs"``     mean \\|effect\\| over the 3 substitutions     mean \\|attribution\\| over the 4 bases
-                   (over the 4 at an N reference)
-``"max_abs"``      max \\|effect\\| over the same substitutions   max \\|attribution\\| over the 4 bases
-``"logo"``         ISM logo height: ``-mean`` of the position's  (refused: use ``"attr_x_input"``)
-                   4 values, 0 at an N reference (as
-                   :func:`basewise.plot.ism_logo_heights` and
-                   gReLU's ``plot_ISM``)
-``"attr_x_input"`` (refused: no input to multiply)               attribution x one-hot input summed over
-                                                                 bases (the attribution of the reference
-                                                                 base; 0 at N): the attribution logo
-=================  ============================================  =====================================
+* ``"mean_abs"``: ISM: mean |effect| over the 3 substitutions of the position (over all 4 at
+  an N reference); attributions: mean |attribution| over the 4 bases.
+* ``"max_abs"``: ISM: max |effect| over the same substitutions; attributions: max
+  |attribution| over the 4 bases.
+* ``"logo"`` (ISM only): the ISM logo height, ``-mean`` of the position's 4 values, 0 at an N
+  reference (as :func:`basewise.plot.ism_logo_heights` and gReLU's ``plot_ISM``; signed).
+* ``"attr_x_input"`` (attributions only): attribution x one-hot input summed over the bases, i.e.
+  the attribution of the reference base (0 at N): the height of the attribution logo (signed).
 
 The *effect* of a substitution is its ISM value minus the value of the unmutated sequence under
 the run's compare function: the value itself for ``"subtract"`` and ``"log2FC"``, value - 1 for
