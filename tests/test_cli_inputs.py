@@ -518,3 +518,79 @@ def test_a_region_failing_mid_run_is_named(d, tmp_path, capsys):
     assert "region 'starts_with_N' (chr1:100-120)" in err and "starts with N" in err
     with open_results(out) as r:  # the chunk before it is saved; the same command resumes there
         assert r.done.tolist() == [True, True, False, False]
+
+
+# ---------------------------------------------------------------------------------------------
+# basewise attention
+# ---------------------------------------------------------------------------------------------
+ATTN_SRC = textwrap.dedent("""
+    import torch
+
+    class Attn(torch.nn.Module):
+        # (B, 4, L) -> (B, 1): a conv, two nn.MultiheadAttention blocks, a mean
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv1d(4, 8, 3, padding=1)
+            self.a1 = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+            self.a2 = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = torch.nn.Linear(8, 1)
+
+        def forward(self, x):
+            h = self.conv(x).transpose(1, 2)
+            h = h + self.a1(h, h, h)[0]
+            h = h + self.a2(h, h, h)[0]
+            return self.head(h.mean(1))
+
+    def build():
+        return Attn()
+""")
+
+
+def test_attention_command(d, tmp_path, capsys):
+    from basewise import get_attention_scores
+
+    (d / "attn_models.py").write_text(ATTN_SRC)
+    import attn_models
+
+    path = bed(d, "attn.bed", [("chr1", 10 + 7 * i, 30 + 7 * i, f"r{i}", 0, "+-"[i % 2]) for i in range(3)])
+    out = tmp_path / "att.h5"
+    argv = ["attention", "-m", "attn_models:build", "--bed", path, "--genome", d / "genome.fa", "-q"]
+    rc, stdout, err = run(argv + ["-o", out, "--chunk-size", "2"], capsys)
+    assert rc == 0, err
+    seqs = [genome_seq(d, "chr1", 10, 30), reverse_complement(genome_seq(d, "chr1", 17, 37)),
+            genome_seq(d, "chr1", 24, 44)]
+    want = get_attention_scores(attn_models.build(), seqs)  # (3, 2 blocks, 2 heads, L, L)
+    with open_results(out) as r:
+        assert r.kind == "attention" and r.scores.shape == (3, 2, 2, L, L)
+        np.testing.assert_allclose(r.scores[:], want, rtol=1e-6, atol=1e-7)
+
+    out2 = tmp_path / "att2.h5"
+    rc, _, err = run(argv + ["-o", out2, "--blocks", "-1", "--average-heads", "--dtype", "float16"], capsys)
+    assert rc == 0, err
+    want = get_attention_scores(attn_models.build(), seqs, block_idx=-1, average_heads=True)  # (3, L, L)
+    with open_results(out2) as r:
+        assert r.scores.shape == (3, 1, 1, L, L) and r.scores.dtype == np.float16
+        np.testing.assert_allclose(r.scores[:, 0, 0], want, rtol=2e-3, atol=1e-3)
+
+    rc, _, err = run(argv + ["-o", tmp_path / "x.h5", "--blocks", "5"], capsys)
+    assert rc == 2 and "--blocks:" in err and "2 attention blocks" in err
+    rc, _, err = run(["attention", "-m", "inputs_models:build", "--bed", path, "--genome", d / "genome.fa", "-q",
+                      "-o", tmp_path / "y.h5"], capsys)
+    assert rc == 2 and "no attention blocks" in err
+
+
+def test_regions_larger_than_a_chunk_are_split_into_chunks(tmp_path):
+    import pandas as pd
+
+    from basewise.results import ResultsWriter
+
+    regions = pd.DataFrame({"name": ["a", "b"], "chrom": ["a", "b"], "start": 0, "end": 3, "strand": "+"})
+    scores = np.random.default_rng(0).random((2, 4, 4, 400, 400), dtype=np.float32)  # 10 MB per region
+    path = tmp_path / "big.h5"
+    with ResultsWriter(path, "attention", regions, seq_len=3, arguments={}) as w:
+        w.write([0, 1], np.zeros((2, 3), np.int8), scores)
+    with open_results(path) as r:
+        chunks = r.scores.chunks
+        assert np.prod(chunks) * 4 <= 4 << 20 and chunks[0] == 1
+        np.testing.assert_array_equal(r.scores[:], scores)

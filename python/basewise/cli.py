@@ -5,6 +5,7 @@ Sub-commands:
                (``--plot FILE.png`` also saves the ISM logo and heatmap).
     ism        ISM of many sequences (FASTA, or BED + genome FASTA) into an HDF5 results file.
     attribute  Attributions of many sequences into an HDF5 results file.
+    attention  Attention maps of many sequences into an HDF5 results file.
     modisco    Export an attribution results file as TF-MoDISco (modisco-lite) inputs.
     summarize  Per-region or per-position summaries of a results file in genome coordinates.
     export-bigwig  A per-position score of a results file as bigWig or bedGraph, for genome browsers.
@@ -39,8 +40,8 @@ from typing import Any, Callable, Dict, List, Optional
 __all__ = ["main", "build_parser", "load_model", "read_regions", "CLIError"]
 
 
-from .runs import (MAX_OUTPUT_BYTES, RunError, RunInterrupted, _first_line, attribute_regions,  # noqa: F401
-                   ism_regions, load_model, read_regions)
+from .runs import (MAX_OUTPUT_BYTES, RunError, RunInterrupted, _first_line, attention_regions,  # noqa: F401
+                   attribute_regions, ism_regions, load_model, read_regions)
 
 CLIError = RunError  # a user error: printed as one line, exit code 2
 
@@ -160,6 +161,18 @@ def _cmd_attribute(args) -> int:
     return _report(args, "attribution", r)
 
 
+def _cmd_attention(args) -> int:
+    opts = _region_options(args)
+    r = attention_regions(
+        args.model, args.bed, args.genome, args.output, fasta=args.fasta, width=args.width,
+        blocks=_index_list(args.blocks, "--blocks") if args.blocks else None, average_heads=args.average_heads,
+        dtype=args.dtype, chunk_size=args.chunk_size, overwrite=args.overwrite,
+        compression=None if args.compression == "none" else args.compression, progress=False if args.quiet else None,
+        _info={"command_line": args.command_line}, _log=_logger(args, "attention"), **opts,
+    )
+    return _report(args, "attention", r)
+
+
 def _logger(args, kind: str) -> Callable[[str], None]:
     return (lambda msg: None) if args.quiet else (lambda msg: print(f"basewise {kind}: {msg}", file=sys.stderr))
 
@@ -192,8 +205,10 @@ def _cmd_modisco(args) -> int:
         msg = _first_line(e).replace("allow_incomplete=True", "--allow-incomplete").replace(
             "allow_non_hypothetical=True", "--allow-non-hypothetical")  # the CLI's names, not Python's
         raise CLIError(f"modisco: {msg}") from None
-    print(f"wrote {s} and {a}; next: modisco motifs -s {shlex.quote(s)} -a {shlex.quote(a)} "
-          f"-n 2000 -o modisco_results.h5")
+    index = os.path.join(os.path.dirname(s), "regions.tsv")
+    print(f"wrote {s} and {a}" + (f" (and {index}: npz row -> region, chrom, start, end, strand, name)"
+                                   if os.path.exists(index) else "")
+          + f"; next: modisco motifs -s {shlex.quote(s)} -a {shlex.quote(a)} -n 2000 -o modisco_results.h5")
     return 0
 
 
@@ -231,7 +246,7 @@ def _cmd_demo(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------
-def _add_inputs(p: argparse.ArgumentParser) -> None:
+def _add_inputs(p: argparse.ArgumentParser, ray: bool = True) -> None:
     g = p.add_argument_group("sequences (one of)")
     g.add_argument("--fasta", metavar="FILE", help="FASTA file of equally long sequences")
     g.add_argument("--bed", metavar="FILE", help="BED file of intervals (0-based; strand column 6 honoured)")
@@ -259,6 +274,12 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
                    help="no progress bar, messages or warnings (a NaN count and the final line still print)")
     p.add_argument("-y", "--yes", action="store_true",
                    help="write the results even when they are estimated over 100 GB uncompressed")
+    if ray:
+        _add_ray(p)
+    _add_transform(p, ray)
+
+
+def _add_ray(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("scale-out on Ray (pip install \"basewise[ray]\")")
     r.add_argument("--ray", metavar="ADDRESS", default=None,
                    help="run on Ray: 'local' (a Ray instance on this machine on 127.0.0.1, stopped after), "
@@ -267,6 +288,11 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
                    help="model replicas (default: one per GPU; without GPUs, CPUs // threads-per-worker)")
     r.add_argument("--threads-per-worker", type=_positive, default=None, metavar="T",
                    help="torch threads per worker (default 2 on CPU workers; CPUs per GPU, at most 8, on GPU workers)")
+
+
+def _add_transform(p: argparse.ArgumentParser, enabled: bool) -> None:
+    if not enabled:
+        return
     t = p.add_argument_group("prediction transform (like gReLU's Aggregate)")
     t.add_argument("--tasks", metavar="LIST", help="output tasks to keep, e.g. 0,3,5:8 (names for .ckpt models)")
     t.add_argument("--except-tasks", metavar="LIST", help="output tasks to drop")
@@ -318,6 +344,10 @@ running the same command again resumes an interrupted run""",
   # saliency of task 2, output bin 448 of a profile model
   basewise attribute -m model.pt2 --bed peaks.bed --genome hg38.fa --width 1000 \\
       --method saliency --target 2,448 -o saliency.h5""",
+    "attention": """examples:
+  # the last block's maps, averaged over heads, in float16
+  basewise attention -m mymodels.py:build --bed peaks.bed --genome hg38.fa --width 1000 \\
+      --blocks -1 --average-heads --dtype float16 -o attention.h5""",
 }
 
 
@@ -374,6 +404,18 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--device", "--devices", dest="device", default="cpu",
                      help="cpu, cuda, or a CUDA index (default cpu)")
 
+    attn = sub.add_parser("attention", help="attention maps of many sequences into an HDF5 file",
+                          description="Attention maps (basewise.get_attention_scores) of every region; maps "
+                          "(N, blocks, heads, L', L') go to an HDF5 file, chunk by chunk. They are large: see "
+                          "--blocks, --average-heads and --dtype float16.",
+                          epilog=_EXAMPLES["attention"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_inputs(attn, ray=False)
+    attn.set_defaults(chunk_size=16)
+    attn.add_argument("--blocks", metavar="LIST", help="attention blocks to keep, e.g. -1 or 0,3 (default: all)")
+    attn.add_argument("--average-heads", action="store_true", help="average the maps over heads")
+    attn.add_argument("--dtype", choices=["float16", "float32", "float64"], default="float32",
+                      help="stored precision (default float32; float16 halves the file)")
+
     mod = sub.add_parser("modisco", help="export attribution results as modisco-lite inputs (ohe.npz, shap.npz)")
     mod.add_argument("results", help="HDF5 file written by 'basewise attribute --hypothetical'")
     mod.add_argument("-o", "--out-dir", required=True, help="folder for ohe.npz and shap.npz")
@@ -386,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"demo": _cmd_demo, "ism": _cmd_ism, "attribute": _cmd_attribute, "modisco": _cmd_modisco}
+_COMMANDS = {"demo": _cmd_demo, "ism": _cmd_ism, "attribute": _cmd_attribute, "attention": _cmd_attention,
+             "modisco": _cmd_modisco}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -394,7 +437,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["basewise"] + [str(a) for a in (sys.argv[1:] if argv is None else argv)])
     try:
-        if args.command in ("ism", "attribute") and args.quiet:
+        if args.command in ("ism", "attribute", "attention") and args.quiet:
             import warnings
 
             with warnings.catch_warnings():

@@ -20,7 +20,7 @@ writer's flush can fail with an HDF5 error; open the file again.
 Layout (N regions, sequence length L)::
 
     /                  attrs: format = "basewise-results", format_version = 1,
-                              kind = "ism" | "attribution", arguments (JSON text of the run's
+                              kind = "ism" | "attribution" | "attention", arguments (JSON text of the run's
                               arguments), info (JSON: command line, input paths),
                               basewise_version, n_regions, seq_len, score_axes
     /regions/name      (N,) str    region or FASTA record name
@@ -32,7 +32,8 @@ Layout (N regions, sequence length L)::
     /sequences         (N, L) int8 base indices 0-4 (A, C, G, T, N) of the scored sequences
     /scores            (N, ...)    "ism": float32 (N, P, 4, T, L_out) as ``ISM_predict(...,
                                    return_df=False)``; "attribution": (N, 4, L) float32
-                                   (float64 for integratedgradients)
+                                   (float64 for integratedgradients); "attention": (N, blocks,
+                                   H, L', S) float16/32 (H = 1 with average_heads)
     /skipped/...       (S,)        optional: intervals left out by ``--on-bad-interval skip``
                                    (line, name, chrom, start, end, reason)
 
@@ -66,8 +67,9 @@ __all__ = ["ResultsWriter", "Results", "open_results", "ResultsMismatchError", "
 
 FORMAT = "basewise-results"
 FORMAT_VERSION = 1
-KINDS = ("ism", "attribution")
-SCORE_AXES = {"ism": "region,position,base,task,bin", "attribution": "region,base,position"}
+KINDS = ("ism", "attribution", "attention")
+SCORE_AXES = {"ism": "region,position,base,task,bin", "attribution": "region,base,position",
+              "attention": "region,block,head,query,key"}
 REGION_COLUMNS = ("name", "chrom", "start", "end", "strand")
 _CHUNK_BYTES = 1 << 20  # target size of one HDF5 chunk of /scores
 
@@ -145,7 +147,7 @@ class ResultsWriter:
 
     Args:
         path: the HDF5 file.
-        kind: "ism" or "attribution".
+        kind: "ism", "attribution" or "attention".
         regions: DataFrame with columns name, chrom, start, end, strand (one row per region).
         seq_len: length L of every sequence.
         arguments: the run's arguments (JSON-serialisable dict); stored, and compared on resume.
@@ -332,9 +334,17 @@ class ResultsWriter:
         if "scores" not in f:
             row_bytes = max(1, int(np.prod(scores.shape[1:], dtype=np.int64)) * scores.dtype.itemsize)
             rows = min(self.n, max(1, min(self.chunk_regions, _CHUNK_BYTES // row_bytes)))
+            chunks = [rows] + list(scores.shape[1:])
+            for ax in range(1, len(chunks)):  # a region larger than a chunk (attention maps): split it
+                if int(np.prod(chunks, dtype=np.int64)) * scores.dtype.itemsize <= 4 * _CHUNK_BYTES:
+                    break
+                chunks[ax] = 1
+            while int(np.prod(chunks, dtype=np.int64)) * scores.dtype.itemsize > 4 * _CHUNK_BYTES:
+                ax = int(np.argmax(chunks))
+                chunks[ax] = (chunks[ax] + 1) // 2
             f.create_dataset(
                 "scores", shape=(self.n,) + scores.shape[1:], dtype=scores.dtype,
-                chunks=(rows,) + scores.shape[1:], compression=self.compression,
+                chunks=tuple(chunks), compression=self.compression,
                 fillvalue=np.nan if np.issubdtype(scores.dtype, np.floating) else 0,
             )
         dset = f["scores"]
@@ -368,7 +378,7 @@ class Results:
     """Read a results file (see the module docstring for the layout); lazy, h5py-backed.
 
     Attributes:
-        kind: "ism" or "attribution".
+        kind: "ism", "attribution" or "attention".
         arguments: dict of the run's arguments.
         info: dict of provenance (command line, input paths), if stored.
         regions: DataFrame (name, chrom, start, end, strand), one row per region.

@@ -44,7 +44,8 @@ import numpy as np
 
 from .ism import ISM_predict as _probe_ism  # bound at import: the probe is not a chunk of the run
 
-__all__ = ["ism_regions", "attribute_regions", "read_regions", "load_model", "RunError", "RunInterrupted"]
+__all__ = ["ism_regions", "attribute_regions", "attention_regions", "read_regions", "load_model", "RunError",
+           "RunInterrupted"]
 
 
 class RunError(ValueError):
@@ -656,6 +657,16 @@ class RegionJob:
                         f"{type(e).__name__}: {_first_line(e)}")
 
     def _score(self, seqs: List[str], on_mutants: Optional[Callable[[int], None]]) -> np.ndarray:
+        if self.kind == "attention":
+            from .attention import get_attention_scores
+
+            kw = dict(self.score_kwargs)
+            out = get_attention_scores(self.model, seqs, **kw)  # (B, blocks, H, L', S); B dropped when 1
+            if len(seqs) == 1:
+                out = out[None]
+            if kw.get("average_heads"):
+                out = out[:, :, None]  # (B, blocks, 1, L', S): the file's axes stay the same
+            return out
         if self.kind == "ism":
             from . import ism
 
@@ -677,6 +688,9 @@ class RegionJob:
         """
         seq = self.regions.fetch(np.array([0]))
         try:
+            if self.kind == "attention":
+                out = self._score(seq, None)
+                return tuple(out.shape[1:]), out.dtype
             if self.kind == "ism":
                 kw = dict(self.score_kwargs)
                 start = kw.pop("start_pos", 0)
@@ -1179,3 +1193,67 @@ def attribute_regions(model: Any, regions: Any = None, genome: Optional[str] = N
     return _probe_run_open(job, output, arguments, info, max_output_bytes=max_output_bytes, chunk_size=chunk_size,
                            overwrite=overwrite, compression=compression, progress=progress, ray=ray,
                            workers=workers, threads_per_worker=threads_per_worker, log=_log)
+
+
+def attention_regions(model: Any, regions: Any = None, genome: Optional[str] = None,
+                      output: str = "attention.h5", *, fasta: Optional[str] = None, width: Optional[int] = None,
+                      blocks: Optional[List[int]] = None, average_heads: bool = False, dtype: str = "float32",
+                      chunk_size: int = 16, overwrite: bool = False, compression: Optional[str] = "gzip",
+                      progress: Optional[bool] = None, center: str = "auto", on_bad_interval: str = "error",
+                      iupac: str = "error", max_output_bytes: Optional[float] = MAX_OUTPUT_BYTES,
+                      _info: Optional[Dict[str, Any]] = None, _log: Optional[Callable[[str], None]] = None):
+    """Attention maps of many regions into a resumable HDF5 results file (``basewise attention``).
+
+    Each region's maps are :func:`basewise.get_attention_scores`' (blocks, heads, queries, keys)
+    probabilities, stored as ``/scores`` (N, blocks, H, L', S) (H = 1 with ``average_heads``).
+    They are large (8 blocks x 8 heads x 1536^2 in float32 is 604 MB per region): the size is
+    printed before the run and a run over ``max_output_bytes`` is refused; choose ``blocks``,
+    ``average_heads=True`` and ``dtype="float16"`` to shrink it. Runs in this process (no Ray:
+    the maps are written at the driver, so more workers would not make a run of this size
+    faster than the disk).
+
+    Args:
+        model, regions, genome, output, fasta, width, chunk_size, overwrite, compression,
+        progress, center, on_bad_interval, iupac, max_output_bytes: as for :func:`ism_regions`
+            (default output "attention.h5", chunk_size 16).
+        blocks: attention blocks to keep (indices; negative count from the end). Default None (all).
+        average_heads: average over heads. Default False.
+        dtype: "float16", "float32" or "float64". Default "float32".
+
+    Returns:
+        The opened results (:class:`basewise.results.Results`, kind "attention").
+
+    Example:
+        >>> # with attention_regions("mymodels:build", "peaks.bed", "hg38.fa", width=1000,
+        >>> #                        blocks=[-1], average_heads=True) as r: r.scores.shape
+    """
+    if dtype not in ("float16", "float32", "float64"):
+        raise RunError(f"--dtype: expected float16, float32 or float64, got {dtype!r}")
+    if blocks is not None:
+        try:
+            blocks = [int(b) for b in blocks]
+        except (TypeError, ValueError):
+            raise RunError(f"--blocks: expected block indices, got {blocks!r}") from None
+    regions_ = _regions_for_run(regions, genome, fasta, width, center, on_bad_interval, iupac, _log)
+    obj, ident, wspec, sys_path = _model_for_run(model)
+    from .attention import list_attention_blocks
+
+    try:
+        n_blocks = len(list_attention_blocks(obj))
+    except Exception as e:  # noqa: BLE001 - no attention modules: say so, naming the model
+        raise RunError(f"--model: {_first_line(e)}") from None
+    if n_blocks == 0:
+        raise RunError("--model: it has no attention blocks that basewise recognises (gReLU transformer blocks, "
+                       "nn.MultiheadAttention, enformer-pytorch Attention, F.scaled_dot_product_attention, flash_attn)")
+    bad = [b for b in (blocks or []) if not -n_blocks <= b < n_blocks]
+    if bad:
+        raise RunError(f"--blocks: {bad} out of range: the model has {n_blocks} attention blocks "
+                       f"(0 to {n_blocks - 1}, or -1 for the last)")
+    kw: Dict[str, Any] = dict(average_heads=bool(average_heads), dtype=np.dtype(dtype))
+    kw["blocks"] = list(blocks) if blocks is not None else list(range(n_blocks))
+    arguments = {"command": "attention", "model": model_ident_for_compare(ident), "blocks": kw["blocks"],
+                 "average_heads": bool(average_heads), "dtype": dtype}
+    job = RegionJob("attention", regions_, model=obj, model_spec=wspec, score_kwargs=kw, sys_path=sys_path)
+    info = {"inputs": regions_.info, "model": wspec or ident.get("type"), **(_info or {})}
+    return _probe_run_open(job, output, arguments, info, max_output_bytes=max_output_bytes, chunk_size=chunk_size,
+                           overwrite=overwrite, compression=compression, progress=progress, log=_log)
