@@ -34,12 +34,7 @@ def _seqs(n: int, L: int = 200) -> list:
     return ["".join("ACGT"[i] for i in rng.integers(0, 4, L)) for _ in range(n)]
 
 
-@pytest.mark.parametrize("engine", [
-    "full",
-    pytest.param("incremental", marks=pytest.mark.xfail(
-        reason="incremental.py synchronises per batch (torch.unique/int()/bool() on device tensors "
-               "in _ensure_cache and _assemble3): known, reported", strict=False)),
-])
+@pytest.mark.parametrize("engine", ["full", "incremental"])
 def test_ism_batch_loop_never_synchronises(engine):
     model = _model().cuda()  # already on the GPU: ISM moves nothing (moving weights would sync)
     seqs = _seqs(3)

@@ -494,7 +494,10 @@ def test_cached_only_and_dtype_mismatch():
 
 
 def test_predictors_share_static_state_and_see_weight_updates():
-    """A second predictor reuses the plan's tables; an in-place weight update is picked up."""
+    """A second predictor reuses the plan's tables; an in-place weight update is picked up.
+
+    The tables do not depend on the weights; the tensors derived from the weights (the dense
+    layer by position, the first layer's delta table) are built by every predictor."""
     model = bench_models.basset_like(2, length=120)
     plan = plan_ism(model, 120)
     ref = torch.randint(0, 4, (1, 120), dtype=torch.uint8)
@@ -502,11 +505,16 @@ def test_predictors_share_static_state_and_see_weight_updates():
     p2 = IncrementalPredictor(plan, ref)
     assert p2._asm is p1._asm
     muts = all_mutants(ref, [0, 60, 119])
+    derived = {k: {kk: t.clone() for kk, t in v.items()} for k, v in p1._w.items()}
+    assert derived  # basset_like has both: a first-layer delta and a dense layer on windows
     with torch.no_grad():
         model.fc1.weight.mul_(-2.0)  # the dense-delta weights are derived from this
         model.conv1.weight.add_(0.1)  # the first-layer delta reads this live
     p3 = IncrementalPredictor(plan, ref)
-    assert p3._asm is not p1._asm
+    assert p3._asm is p1._asm
+    for k, v in derived.items():
+        for kk, t in v.items():
+            assert not torch.equal(p3._w[k][kk], t), (k, kk)  # rebuilt from the updated weights
     y = p3.predict(muts)
     y_full = naive(model, None, ref, muts)
     assert float((y - y_full).abs().max()) <= RTOL * float(y_full.abs().max())

@@ -101,8 +101,8 @@ def _fingerprint(model: torch.nn.Module, transform: Any) -> Tuple[Tuple, Tuple]:
     bufs = tuple((n, tuple(b.shape), b.dtype) for n, b in model.named_buffers())
     tr = getattr(model, "transform", None)
     # the captured program specialises on plain attributes read by forward (a scale, a flag);
-    # weight *values* are read live by the predictor, and the tensors derived from them are keyed
-    # on a content digest (IncrementalPredictor._weights_key)
+    # weight *values* are read live by the predictor, and the tensors derived from them are
+    # built by every predictor (IncrementalPredictor._derive_weights)
     attrs = plain_attributes(model)
     if isinstance(transform, torch.nn.Module):
         attrs += plain_attributes(transform)

@@ -8,6 +8,10 @@ or ``sym``. A local op reads each input at the window it needs (an :class:`_Asse
 when the input's window is that window, else by gathering the cached reference window and
 overwriting the input's changed columns (``basewise.ops.gather_windows`` / ``splice_windows``,
 C++/CUDA; the plain PyTorch helpers below for other dtypes).
+
+The batch path (:meth:`IncrementalPredictor.predict`) never waits for the device: its index
+bookkeeping is numpy on the host for a CPU predictor, and device-side paths without
+data-dependent branches or shapes on a GPU (tests/test_incremental_sync.py checks both on a CPU).
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ try:  # native window ops (C++/CUDA); plain PyTorch fallbacks below serve as ref
 except Exception:  # pragma: no cover - the native module is part of the package build
     _ops = None
 
-from .._model import tensor_digest
 from .capture import _CONST, _LOCAL, _SYM, _flatten_outputs, _Node
 from .plan import IsmPlan
 from .rules import WINDOW_RULES, _local_inputs
@@ -41,9 +44,19 @@ _COMMUTATIVE = {aten.add.Tensor, aten.mul.Tensor}
 _IDENTITY = {aten.alias.default, aten.clone.default, aten.contiguous.default, aten.detach.default,
              aten.lift_fresh_copy.default}
 
-# predictor attributes that depend only on (plan, device, dtype, weights): shared by predictors
+# predictor attributes that depend only on (plan, device, dtype): shared by predictors (tensors
+# derived from the weights are built by each predictor: IncrementalPredictor._derive_weights)
 _STATIC_STATE = ("_mode", "_x", "_asm", "_off", "_out_nodes", "_exclusive", "_need_ref",
-                 "_bytes_per_mutant", "_ref_bytes_per_seq", "_last_use")
+                 "_bytes_per_mutant", "_ref_bytes_per_seq", "_last_use", "_reach_dev")
+
+#: Working-set budget (bytes) and cap of the default ``max_batch`` (mutants computed at once), by
+#: device type: a CPU wants a batch's windows to stay near its caches; a GPU wants large batches
+#: (and has the memory): 1 GiB of window activations, up to 16384 mutants.
+_BATCH_BUDGET = {"cpu": (128 << 20, 4096), "cuda": (1 << 30, 16384)}
+
+#: Without host positions (GPU), a dense layer on a window's change gathers each mutant's
+#: weight window; at most this many bytes of gathered weights at once.
+_FC_GATHER_BYTES = 64 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,9 +120,9 @@ class _Assembly:
     direct: bool  # the input window is exactly the requested one
     r0: Optional[int]  # constant relative offset of the input window
     fits_all: bool  # input window inside the requested one for every p
-    fits_tab: Optional[torch.Tensor]
-    q_np: Optional[np.ndarray] = None
-    direct_tab: Optional[torch.Tensor] = None  # per p: the input window is the requested one
+    fits_np: Optional[np.ndarray]  # (L,) bool per p: the input window inside the requested one
+    q_np: Optional[np.ndarray] = None  # (L,) q per p, on the host
+    direct_np: Optional[np.ndarray] = None  # (L,) bool per p: the input window is the requested one
     host: Optional[Tuple[str, str]] = None  # reuse a wider assembly of the same source ...
     rel: int = 0  # ... at this constant offset
     users: int = 1  # number of consumers reading this (host) assembly per batch
@@ -126,7 +139,9 @@ class IncrementalPredictor:
         plan: a supported :class:`IsmPlan` from :func:`plan_ism`.
         ref_idx: (B, L) integer tensor of base indices (0-3, 4 = N) on the plan's device.
         max_batch: largest number of mutants computed at once (larger inputs are split).
-            Default None (chosen from a ~128 MiB working-set budget).
+            Default None: chosen from a working-set budget by device type
+            (:data:`_BATCH_BUDGET`: 128 MiB and at most 4096 mutants on a CPU, 1 GiB and at most
+            16384 on a GPU).
         cache_bytes: budget for cached reference activations; sequences are cached in blocks
             that fit. Default 256 MiB.
 
@@ -163,35 +178,62 @@ class IncrementalPredictor:
         self.ref_u8 = ref_idx.to(torch.uint8).contiguous()
         with torch.no_grad():
             self._bind()
-            key = (str(self.device), self.dtype, self._weights_key())
+            key = (str(self.device), self.dtype)
             state = plan._static.get(key)
             if state is None:
                 self._prepare()
                 state = {k: getattr(self, k) for k in _STATIC_STATE}
-                plan._static.clear()  # one device/weights version at a time
+                plan._static.clear()  # one device version at a time
                 plan._static[key] = state
             else:
                 for k, v in state.items():
                     setattr(self, k, v)
+            self._derive_weights()
         per_mut = max(1, self._bytes_per_mutant)
-        self.max_batch = int(max_batch) if max_batch else int(max(16, min(4096, (128 << 20) // per_mut)))
+        if max_batch:
+            self.max_batch = int(max_batch)
+        else:
+            budget, cap = _BATCH_BUDGET.get(self.device.type, _BATCH_BUDGET["cpu"])
+            self.max_batch = int(max(16, min(cap, budget // per_mut)))
         reach = plan.reach if plan.reach is not None else np.ones(self.L, dtype=bool)
+        self._reach_np = reach
         self._reach_all = bool(reach.all())
-        self._reach = torch.as_tensor(reach, device=self.device)
         self._ref_out: Optional[torch.Tensor] = None  # reference predictions, once computed
         self._row_of = torch.full((self.B,), -1, dtype=torch.long, device=self.device)
+        self._row_np = np.full(self.B, -1, dtype=np.int64)  # the same, on the host
         self._cache: Dict[Any, torch.Tensor] = {}
         self._cached_seqs: Optional[torch.Tensor] = None
+        # every sequence's reference activations are cached at once (one block, filled by the
+        # first reference() or predict()): the batch path then never decides which to cache
+        self._cache_all = self.B == 1 or self.B * self._ref_bytes_per_seq <= self.cache_bytes
+        #: decide the batch path's index bookkeeping on the host (numpy) when the mutants are
+        #: there (a CPU predictor); else use device-side paths that never wait for the device
+        self._host_bookkeeping = self.device.type == "cpu"
 
     # ---------------------------------------------------------------- setup
-    def _weights_key(self) -> Tuple:
-        """Content digest of the weights that derived tensors (delta, dense) are built from.
-
-        Version counters miss ``.data`` writes and writes through numpy views, so the key is a
-        digest of the values themselves (plus the storage address, cheap and exact for swaps)."""
-        ws = [self._const[n.inputs[1].node] for n in self.g.nodes
-              if (n.kind == _LOCAL and n.rule == "delta") or n.glinear == "fc"]
-        return tuple(w.data_ptr() for w in ws) + (tensor_digest(ws),)
+    def _derive_weights(self) -> None:
+        """Tensors derived from the weights (first-layer delta table, dense layer by position),
+        built per predictor from the live weights: cheaper than a digest of them (which would
+        also wait for the device), and never stale."""
+        self._w: Dict[str, Dict[str, torch.Tensor]] = {}
+        for n in self.g.nodes:
+            m = self._mode[n]
+            if m == "win" and n.rule == "delta":
+                w = self._const[n.inputs[1].node]  # (Cout, 4, k)
+                cout, cin, k = w.shape
+                if cin != 4:
+                    raise ValueError("plan: the first convolution must have 4 input channels")
+                wt = torch.zeros(5, cout, k, dtype=w.dtype, device=w.device)
+                wt[:4] = w.permute(1, 0, 2)
+                self._w[n.name] = {"_wt": wt}
+            elif m == "full" and n.glinear == "fc":
+                src = _local_inputs(n.inputs[0])[0]
+                w = self._const[n.inputs[1].node]  # (N, C*L)
+                nout = w.shape[0]
+                shp = src.shape  # (B, d1, d2)
+                wv = w.reshape(nout, shp[1], shp[2])
+                other = 1 if src.ldim == 2 else 2
+                self._w[n.name] = {"_wp": wv.permute(src.ldim, other, 0).contiguous()}  # (Lt, C, N)
 
     def _bind(self) -> None:
         g = self.g
@@ -267,6 +309,8 @@ class IncrementalPredictor:
                     c.glinear = ""
                     mode[c] = "full"
         self._mode = mode
+        reach = self.plan.reach if self.plan.reach is not None else np.ones(L, dtype=bool)
+        self._reach_dev = torch.as_tensor(reach, device=dev)
         self._x: Dict[str, Dict[str, Any]] = {}  # per-node tensors of this predictor (its device)
         need_ref: set = set()
         self._asm: Dict[Tuple[str, str], _Assembly] = {}
@@ -283,7 +327,7 @@ class IncrementalPredictor:
             direct = False
             r0 = None
             fits_all = True
-            fits_tab = None
+            fits_np = None
             if mode[src] == "win":
                 r = src.off - q_tab
                 direct = bool(np.all(r == 0) and src.width == width)
@@ -292,7 +336,7 @@ class IncrementalPredictor:
                 if np.all(r == r[0]):
                     r0 = int(r[0])
                 if not fits_all:
-                    fits_tab = torch.as_tensor(fits, device=dev)
+                    fits_np = fits
                 if not direct and src.width == width and np.mean(r == 0) > 0.5:
                     direct_tab_np = r == 0
                 else:
@@ -302,8 +346,7 @@ class IncrementalPredictor:
             if not direct:
                 need_ref.add(src)
             self._asm[key] = _Assembly(src, torch.as_tensor(q_tab, device=dev), width, pad, q0, mlo, mhi,
-                                       direct, r0, fits_all, fits_tab, q_tab,
-                                       None if direct_tab_np is None else torch.as_tensor(direct_tab_np, device=dev))
+                                       direct, r0, fits_all, fits_np, q_tab, direct_tab_np)
 
         for n in g.nodes:
             m = mode[n]
@@ -337,7 +380,6 @@ class IncrementalPredictor:
                     src = _local_inputs(n.inputs[0])[0]
                     add_asm(n, src, src.off, src.width, None)
                     need_ref.add(src)
-                    self._prepare_fc(n, src)
                 elif m == "full":
                     for i in n.inputs:
                         if i.kind == _LOCAL:
@@ -412,12 +454,7 @@ class IncrementalPredictor:
 
     def _prepare_delta(self, n: _Node) -> None:
         p = n.params
-        w = self._const[n.inputs[1].node]  # (Cout, 4, k)
-        cout, cin, k = w.shape
-        if cin != 4:
-            raise ValueError("plan: the first convolution must have 4 input channels")
-        wt = torch.zeros(5, cout, k, dtype=w.dtype, device=w.device)
-        wt[:4] = w.permute(1, 0, 2)
+        k = p["k"]
         L = self.L
         P = np.arange(L, dtype=np.int64)[:, None]
         t = np.arange(k, dtype=np.int64)[None, :]
@@ -427,18 +464,7 @@ class IncrementalPredictor:
         rel = o - n.off[:, None]
         valid &= (rel >= 0) & (rel < n.width)
         idx = np.where(valid, rel, n.width)
-        ex = self._x.setdefault(n.name, {})
-        ex["_wt"] = wt
-        ex["_idx"] = torch.as_tensor(idx, device=self.device)
-
-    def _prepare_fc(self, fc: _Node, src: _Node) -> None:
-        w = self._const[fc.inputs[1].node]  # (N, C*L)
-        nout = w.shape[0]
-        shp = src.shape  # (B, d1, d2)
-        wv = w.reshape(nout, shp[1], shp[2])
-        other = 1 if src.ldim == 2 else 2
-        wp = wv.permute(src.ldim, other, 0).contiguous()  # (Lt, C, N)
-        self._x.setdefault(fc.name, {})["_wp"] = wp
+        self._x.setdefault(n.name, {})["_idx"] = torch.as_tensor(idx, device=self.device)
 
     # ---------------------------------------------------------------- reference activations
     def _run_graph(self, x: torch.Tensor, keep: Optional[set] = None) -> Dict[Any, Any]:
@@ -478,8 +504,7 @@ class IncrementalPredictor:
             outs = []
             with torch.no_grad():
                 if self.B * self._ref_bytes_per_seq <= self.cache_bytes:
-                    block = torch.arange(self.B, device=self.device)
-                    env = self._fill_cache(block, keep_outputs=True)
+                    env = self._fill_cache(np.arange(self.B), keep_outputs=True)
                     outs.append(self._outputs(env))
                 else:
                     chunk = max(1, min(self.B, (256 << 20) // max(1, self._ref_bytes_per_seq * 4)))
@@ -494,23 +519,35 @@ class IncrementalPredictor:
 
         Where not (positions the model never reads), :meth:`predict` returns the reference
         prediction exactly."""
-        return self._reach[positions.to(device=self.device, dtype=torch.long)]
+        return self._reach_dev[positions.to(device=self.device, dtype=torch.long)]
 
-    def _ensure_cache(self, seqs: torch.Tensor) -> None:
-        need = torch.unique(seqs)
-        if self._cached_seqs is not None and bool((self._row_of[need] >= 0).all()):
+    def _ensure_cache(self, seqs: torch.Tensor, host_seqs: Optional[np.ndarray] = None) -> None:
+        """Cache the reference activations of the sequences ``seqs`` (a batch's; ``host_seqs``:
+        the same on the host, or None)."""
+        if self._cache_all:  # one block of every sequence: nothing to decide per batch
+            if self._cached_seqs is None:
+                self._fill_cache(np.arange(self.B))
             return
-        per_block = max(int(need.numel()), self.cache_bytes // self._ref_bytes_per_seq)
+        # more sequences than the cache holds: cache a block that holds the batch's, decided on
+        # the host (without a host copy, reading the batch's sequences back waits for the device)
+        need = np.unique(host_seqs) if host_seqs is not None else torch.unique(seqs).cpu().numpy()
+        if self._cached_seqs is not None and bool((self._row_np[need] >= 0).all()):
+            return
+        per_block = max(int(need.size), self.cache_bytes // self._ref_bytes_per_seq)
         start = int(need.max())
-        extra = torch.arange(start + 1, min(self.B, start + 1 + max(0, per_block - need.numel())),
-                             device=self.device)
-        self._fill_cache(torch.unique(torch.cat([need, extra])))
+        extra = np.arange(start + 1, min(self.B, start + 1 + max(0, per_block - need.size)))
+        self._fill_cache(np.unique(np.concatenate([need, extra])))
 
-    def _fill_cache(self, block: torch.Tensor, keep_outputs: bool = False) -> Dict[Any, Any]:
-        """Run the reference sequences ``block`` and cache the activations the mutants read."""
+    def _fill_cache(self, block_np: np.ndarray, keep_outputs: bool = False) -> Dict[Any, Any]:
+        """Run the reference sequences ``block_np`` (sorted, unique) and cache the activations the
+        mutants read."""
+        block = (torch.arange(self.B, device=self.device) if block_np.size == self.B
+                 else torch.as_tensor(block_np, dtype=torch.long, device=self.device))
         self._cache = {}
         self._row_of.fill_(-1)
         self._row_of[block] = torch.arange(block.numel(), device=self.device)
+        self._row_np.fill(-1)
+        self._row_np[block_np] = np.arange(block_np.size)
         self._cached_seqs = block
         keep = set(self._need_ref)
         env = self._run_graph(self._onehot(self.ref_idx[block]), keep)
@@ -544,8 +581,8 @@ class IncrementalPredictor:
         v = env.get(src.node)
         if a.direct:
             return v
-        if a.direct_tab is not None and bool(a.direct_tab[ctx["pos"]].all()):
-            return v
+        if a.direct_np is not None and ctx["host"] is not None and bool(a.direct_np[ctx["host"][:, 1]].all()):
+            return v  # (without host positions: assembled below, to the same values)
         if a.host is not None:
             h = self._asm[a.host]
             buf = self._assembled(a.host, h, src, v, ctx)
@@ -580,22 +617,26 @@ class IncrementalPredictor:
                            None if a.q0 is None else a.q0 + a.mlo)
 
     def _assemble3(self, a: _Assembly, src: _Node, v: Any, ctx: Dict[str, Any]) -> torch.Tensor:
-        pos = ctx["pos"]
+        pos, host = ctx["pos"], ctx["host"]
         if self._mode[src] != "win":
             return self._gather(a, ctx)
         win = _canon(v, src.ldim)
         r = None
         if a.r0 is None or not a.fits_all:
             r = self._off[src.name][pos] - a.q_tab[pos]
-        fits = a.fits_all or bool(a.fits_tab[pos].all())
+        if a.fits_all:
+            fits = True
+        else:  # without host positions: the general (clipping) overlay, right for every row
+            fits = host is not None and bool(a.fits_np[host[:, 1]].all())
         if self._native and a.q0 == 0 and a.width == src.length:  # splice into the reference
             return _ops.splice_windows(self._ref3(src), ctx["rows"], self._off[src.name][pos],
                                        win.contiguous(), check=False)
         base = self._gather(a, ctx)
         r0 = a.r0
-        if r0 is None and fits:
-            if bool((r == r[0]).all()):
-                r0 = int(r[0])
+        if r0 is None and fits and host is not None:  # one offset for the whole batch?
+            rh = src.off[host[:, 1]] - a.q_np[host[:, 1]]
+            if (rh == rh[0]).all():
+                r0 = int(rh[0])
         if not fits and self._native:
             return _ops.splice_windows(base, torch.arange(base.shape[0], device=base.device), r,
                                        win.contiguous(), check=False)
@@ -617,12 +658,13 @@ class IncrementalPredictor:
             return env[i.node]
         return self._assemble(consumer, i, env, ctx)
 
-    def _run_window(self, mut: torch.Tensor) -> torch.Tensor:
+    def _run_window(self, mut: torch.Tensor, host: Optional[np.ndarray] = None) -> torch.Tensor:
+        """Predictions of one batch of mutants (M, 3); ``host``: the same on the host, or None."""
         g = self.g
         seq, pos, base = mut[:, 0], mut[:, 1], mut[:, 2]
         rows = self._row_of[seq]
         M = mut.shape[0]
-        ctx = {"rows": rows, "pos": pos, "base": base, "seq": seq, "M": M}
+        ctx = {"rows": rows, "pos": pos, "base": base, "seq": seq, "M": M, "host": host}
         env: Dict[Any, Any] = {}
         mode = self._mode
         for j, n in enumerate(g.nodes):
@@ -696,7 +738,7 @@ class IncrementalPredictor:
         q0 = int(n.off[0]) if n.width == n.length else None
         pre = _gather_ref(rp, rows, a_off, w + 1, q0)
         old = self.ref_idx[ctx["seq"], pos]
-        wt = ex["_wt"]
+        wt = self._w[n.name]["_wt"]
         vals = wt[ctx["base"]] - wt[old]  # (M, Cout, k)
         idx = ex["_idx"][pos]  # (M, k)
         pre.scatter_add_(2, idx[:, None, :].expand(-1, pre.shape[1], -1), vals)
@@ -855,7 +897,7 @@ class IncrementalPredictor:
             pos = ctx["pos"]
             refw = self._gather(a, ctx)
             delta = _canon(win, src.ldim) - refw  # (M, C, W)
-            wp = self._x[n.name]["_wp"]  # (Lt, C, N)
+            wp = self._w[n.name]["_wp"]  # (Lt, C, N)
             M, C, W = delta.shape
             dl = delta.transpose(1, 2).reshape(M, W * C)
             out = self._ref3(n).index_select(0, ctx["rows"]).clone()
@@ -863,14 +905,17 @@ class IncrementalPredictor:
                 o = a.q0
                 out += dl @ wp[o:o + W].reshape(W * C, -1)
                 return out
-            offs = self._off[src.name][pos]
-            uniq, inv = torch.unique(offs, return_inverse=True)
-            if uniq.numel() == 1:
+            host = ctx["host"]
+            if host is None:  # each mutant's weight window, gathered on the device
+                return self._fc_rows(out, dl, wp, self._off[src.name][pos], W, C)
+            # grouped by window offset, on the host
+            uniq, inv = np.unique(src.off[host[:, 1]], return_inverse=True)
+            if uniq.size == 1:
                 o = int(uniq[0])
                 out += dl @ wp[o:o + W].reshape(W * C, -1)
                 return out
-            order = torch.argsort(inv, stable=True)
-            counts = torch.bincount(inv, minlength=uniq.numel()).tolist()
+            order = torch.as_tensor(np.argsort(inv, kind="stable"), device=dl.device)
+            counts = np.bincount(inv, minlength=uniq.size).tolist()
             dls = dl.index_select(0, order)
             res = torch.empty_like(out)
             s = 0
@@ -891,8 +936,30 @@ class IncrementalPredictor:
             a = (a[0].contiguous(),) + tuple(a[1:])
         return fx.target(*a, **k)
 
+    @staticmethod
+    def _fc_rows(out: torch.Tensor, dl: torch.Tensor, wp: torch.Tensor, offs: torch.Tensor, W: int,
+                 C: int) -> torch.Tensor:
+        """out += each row of dl (M, W C) times its weight window wp[off:off + W] (Lt, C, N):
+        gathered per row (in chunks of at most :data:`_FC_GATHER_BYTES`), no host decision."""
+        idx = offs[:, None] + torch.arange(W, device=offs.device)  # (M, W)
+        n_out = wp.shape[-1]
+        step = max(1, _FC_GATHER_BYTES // max(1, W * C * n_out * wp.element_size()))
+        for s in range(0, dl.shape[0], step):
+            wr = wp[idx[s:s + step]].reshape(-1, W * C, n_out)  # (m, W C, N)
+            out[s:s + step] += torch.bmm(dl[s:s + step, None, :], wr)[:, 0]
+        return out
+
     def predict(self, mutants: torch.Tensor) -> torch.Tensor:
         """Predictions for mutants given as (M, 3) rows of (sequence, position, base).
+
+        Nothing in here waits for the device (no ``.item()``, ``nonzero``, ``unique`` or
+        ``bool()`` of a device tensor), except when the predictor holds more sequences than its
+        cache (``cache_bytes``) and a batch needs another block of them. On the CPU the index
+        bookkeeping (which mutants the output can see, the window shortcuts a batch allows, the
+        dense layer's groups of window offsets) is decided in numpy on the mutants themselves;
+        on a GPU the batch takes device-side paths with the same results: mutants the output
+        cannot see are computed too and replaced by the reference prediction, windows are always
+        assembled, and the dense layer on a window's change gathers each mutant's weight window.
 
         Returns:
             (M, T, L_out) tensor in the model dtype.
@@ -900,20 +967,29 @@ class IncrementalPredictor:
         if not isinstance(mutants, torch.Tensor) or mutants.ndim != 2 or mutants.shape[1] != 3:
             raise ValueError("mutants: expected an (M, 3) integer tensor of (sequence, position, base)")
         mutants = mutants.to(device=self.device, dtype=torch.long)
+        host = mutants.numpy() if self._host_bookkeeping and mutants.device.type == "cpu" else None
+        hit = None  # device path: which mutants the output can see
         if not self._reach_all and mutants.shape[0]:
-            hit = self._reach[mutants[:, 1]]
-            if not bool(hit.all()):
+            if host is None:
+                hit = self._reach_dev[mutants[:, 1]]
+            elif not self._reach_np[host[:, 1]].all():
                 out = self.reference().index_select(0, mutants[:, 0]).clone()
-                if bool(hit.any()):
-                    sel = hit.nonzero().squeeze(1)
-                    out[sel] = self.predict(mutants[sel])
+                sel = np.nonzero(self._reach_np[host[:, 1]])[0]
+                if sel.size:
+                    sel_t = torch.from_numpy(sel)
+                    out[sel_t] = self.predict(mutants[sel_t])
                 return out
         outs = []
         with torch.no_grad():
             for s in range(0, mutants.shape[0], self.max_batch):
                 mb = mutants[s:s + self.max_batch]
-                self._ensure_cache(mb[:, 0])
-                outs.append(self._run_window(mb))
+                hb = None if host is None else host[s:s + self.max_batch]
+                self._ensure_cache(mb[:, 0], None if hb is None else hb[:, 0])
+                outs.append(self._run_window(mb, hb))
         if not outs:
             return torch.empty(0, dtype=self.dtype, device=self.device)
-        return torch.cat(outs) if len(outs) > 1 else outs[0]
+        out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        if hit is not None:  # exactly the reference where the output cannot see the mutant
+            ref = self.reference().index_select(0, mutants[:, 0])
+            out = torch.where(hit.view((-1,) + (1,) * (out.ndim - 1)), out, ref)
+        return out
