@@ -13,9 +13,13 @@ Design (issue "Past one machine"):
   Actors are created with ``max_restarts=-1, max_task_retries=-1``: a worker killed at any moment
   (SIGKILL, node lost) costs only the chunks it held, which Ray re-runs on the restarted actor
   (on another node if its node is gone); a chunk whose actor cannot come back is handed to another
-  actor. The driver killed at any moment leaves a file with every written chunk marked done, which
-  the same command resumes. Results do not depend on the layout: a chunk is the same regions and
-  the same calls whichever worker computes it.
+  actor. Ray alone would leave a chunk waiting forever on an actor of a lost node that no other
+  node has room for (it stays "restarting": its tasks neither fail nor run), so the driver also
+  watches the nodes: once the cluster marks a node dead (GCS health checks, ~15 s by default),
+  the chunks its actors held start on the other actors. The driver killed at any moment leaves
+  a file with every written chunk marked done, which the same command resumes. Results do not
+  depend on the layout: a chunk is the same regions and the same calls whichever worker
+  computes it.
 * **Loopback only for local instances.** ``ray="local"`` starts Ray with
   ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` (set only while Ray starts) and
   ``_node_ip_address="127.0.0.1"``: measured with Ray 2.60, the head then listens on 127.0.0.1
@@ -168,10 +172,13 @@ class _Worker:
         self.job = dataclasses.replace(job, score_kwargs=kw).prepare()
 
     def score(self, idx: np.ndarray):
-        return self.job.score(idx)
+        """(this actor's node, the chunk's scores): the driver learns where each actor runs now."""
+        return self.node(), self.job.score(idx)
 
-    def pid(self) -> int:
-        return os.getpid()
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
 
 class RayRunner:
@@ -221,7 +228,8 @@ class RayRunner:
             # wait until every replica has loaded its model: a model that cannot load (a module
             # missing on the workers, a file they cannot read) is one clear error, now
             try:
-                ray.get([a.pid.remote() for a in self.actors])
+                nodes = ray.get([a.node.remote() for a in self.actors])
+                self.nodes = dict(zip(map(id, self.actors), nodes))  # actor -> its node
             except ray.exceptions.RayError as e:
                 raise RunError(f"--ray: a worker could not load the model: {_cause(e)}") from None
         except RunError:
@@ -234,52 +242,115 @@ class RayRunner:
     def run(self, chunks: List[np.ndarray], write: Callable[[np.ndarray, np.ndarray, np.ndarray], None]) -> None:
         """Score ``chunks`` on the actors; ``write`` each result here as it arrives.
 
-        A chunk whose actor cannot come back (Ray gave up on it) goes to another actor. A chunk
-        that has waited much longer than chunks usually take (``max(stall_s, 5 x median chunk
-        time)``; e.g. its actor waits for a restart that no node has room for) is also started
-        on another actor; whichever copy finishes first is written, the other is ignored.
+        A chunk is never left waiting on an actor that cannot answer:
+
+        * an actor whose node the cluster has marked dead (``ray.nodes()``, checked every 2 s
+          while a chunk is overdue) gets no new chunks, and the chunks it held start on the others
+          at once; it gets chunks again once it answers (Ray restarted it on a live node);
+        * an actor Ray gave up on (it raised ``RayActorError``) is dropped, its chunks re-queued;
+        * a chunk that has waited much longer than chunks usually take (``max(stall_s, 5 x median
+          chunk time)``; e.g. its actor waits for a restart that no node has room for, or hangs) is
+          started again on the actor that answered last.
+
+        Whichever copy of a chunk finishes first is written; the others are ignored. When no actor
+        has been available for ``10 x stall_s``, the run stops (the file keeps every written chunk).
         """
         import time
 
         ray = self.ray
         queue = collections.deque(range(len(chunks)))
         pending: Dict[Any, tuple] = {}  # future -> (chunk number, actor, submit time)
+        probes: Dict[Any, Any] = {}  # future of a lost actor's node() -> the actor
         load = {id(a): 0 for a in self.actors}
-        alive = list(self.actors)
+        alive = list(self.actors)  # actors Ray has not given up on
+        lost: set = set()  # id(actor) of actors whose node is dead, until they answer again
+        moved: set = set()  # futures whose chunk was already started again elsewhere
         failures: collections.Counter = collections.Counter()
         done = set()
-        durations: List[float] = []
+        durations: collections.deque = collections.deque(maxlen=101)  # the latest chunk times
         copies: collections.Counter = collections.Counter()
         last_ok: Dict[int, float] = {}  # actor -> when it last returned a chunk
+        node_of = dict(getattr(self, "nodes", {}))  # actor -> the node it last answered from
+        last_check = time.monotonic()
+        none_since: Optional[float] = None
+
+        def available() -> List[Any]:
+            return [a for a in alive if id(a) not in lost]
 
         def submit(k: int, a: Any) -> None:
             pending[a.score.remote(chunks[k])] = (k, a, time.monotonic())
             load[id(a)] += 1
             copies[k] += 1
 
+        def again(f: Any) -> None:
+            """Queue future f's chunk first, to run elsewhere (once per future)."""
+            k = pending[f][0]
+            moved.add(f)
+            if k not in done and k not in queue:
+                queue.appendleft(k)
+
         while len(done) < len(chunks):
-            for a in list(alive):
+            avail = available()
+            for a in avail:
                 while queue and load[id(a)] < _IN_FLIGHT:
                     k = queue.popleft()
                     if k not in done:
                         submit(k, a)
-            if not pending:
+            if not pending and not probes:
                 raise RunError("--ray: no worker is left to run the remaining chunks")
-            stall = max(self.stall_s, 5 * float(np.median(durations)) if durations else self.stall_s)
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=stall)
-            if not ready:  # stalled: start the oldest waiting chunk again on the least loaded actor
-                waiting = [f for f in pending if pending[f][0] not in done and copies[pending[f][0]] < 3]
-                if waiting:
-                    k, a_old, _ = pending[min(waiting, key=lambda f: pending[f][2])]
-                    others = [a for a in alive if a is not a_old] or alive
-                    # to the actor that answered last (known to be alive), then the least loaded
-                    submit(k, max(others, key=lambda a: (last_ok.get(id(a), -1.0), -load[id(a)])))
+            now = time.monotonic()
+            if avail:
+                none_since = None
+            elif none_since is None:
+                none_since = now
+            elif now - none_since > 10 * self.stall_s:
+                raise RunError(f"--ray: no worker has been available for {10 * self.stall_s:.0f} s "
+                               f"(their nodes are gone); the written chunks are saved: run the same "
+                               f"command again to resume")
+            median = float(np.median(durations)) if durations else 0.0
+            stall = max(self.stall_s, 5 * median)
+            ready, _ = ray.wait(list(pending) + list(probes), num_returns=1, timeout=min(1.0, stall))
+            if not ready:
+                now = time.monotonic()
+                check_s = max(2.0, 2 * median)
+                waited = now - min((t for _, _, t in pending.values()), default=now)
+                if waited > check_s and now - last_check > check_s and node_of:
+                    last_check = now
+                    dead = self._dead_nodes()
+                    for a in alive:
+                        if node_of.get(id(a)) in dead and id(a) not in lost:
+                            lost.add(id(a))  # its node is gone: its chunks go to the others now
+                            for f in [f for f in pending if pending[f][1] is a and f not in moved]:
+                                again(f)
+                            probes[a.node.remote()] = a  # answers once Ray restarted it elsewhere
+                # stalled: start each chunk waiting longer than `stall` again, on the actor that
+                # answered last (known to be alive), then the least loaded
+                for f in sorted(pending, key=lambda f: pending[f][2]):
+                    k, a_old, t0 = pending[f]
+                    if now - t0 <= stall or f in moved or k in done or copies[k] >= 3:
+                        continue
+                    others = [a for a in available() if a is not a_old]
+                    if others:
+                        moved.add(f)
+                        submit(k, max(others, key=lambda a: (last_ok.get(id(a), -1.0), -load[id(a)])))
+                    else:
+                        again(f)
                 continue
             for f in ready:
+                if f in probes:  # a lost actor answers: restarted on a live node, usable again
+                    a = probes.pop(f)
+                    try:
+                        node_of[id(a)] = ray.get(f)
+                        lost.discard(id(a))
+                    except ray.exceptions.RayError:
+                        if a in alive and len(alive) > 1:
+                            alive.remove(a)
+                    continue
                 k, a, t0 = pending.pop(f)
+                moved.discard(f)
                 load[id(a)] -= 1
                 try:
-                    idx, indices, scores = ray.get(f)
+                    node, (idx, indices, scores) = ray.get(f)
                 except ray.exceptions.RayTaskError as e:  # the scoring itself raised: a user error
                     cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
                     if isinstance(cause, (ValueError, NotImplementedError, IndexError)):
@@ -294,18 +365,27 @@ class RayRunner:
                         raise RunError(f"--ray: chunk {k} failed on 5 workers; stopping ({_cause(e)})") from None
                     if a in alive and len(alive) > 1:
                         alive.remove(a)
-                    if k not in done:
+                    if k not in done and k not in queue:
                         queue.append(k)
                     continue
-                if k in done:  # a second copy of a chunk that was re-run after a stall
+                node_of[id(a)] = node
+                lost.discard(id(a))  # it answers: usable again (restarted on a live node)
+                last_ok[id(a)] = time.monotonic()
+                if k in done:  # a second copy of a chunk that was started again
                     continue
                 durations.append(time.monotonic() - t0)
-                last_ok[id(a)] = time.monotonic()
                 done.add(k)
                 write(idx, indices, scores)
-        for f in list(pending):  # copies still running after their chunk was written
+        for f in list(pending) + list(probes):  # copies still running or waiting for a lost actor
             with contextlib.suppress(Exception):
                 ray.cancel(f)
+
+    def _dead_nodes(self) -> set:
+        """IDs of the nodes the cluster has marked dead (empty when Ray cannot say)."""
+        try:
+            return {n["NodeID"] for n in self.ray.nodes() if not n.get("Alive", True)}
+        except Exception:  # noqa: BLE001 - a transient GCS error: try again at the next check
+            return set()
 
     def close(self) -> None:
         """Stop the actors, and Ray itself when this runner started it."""
