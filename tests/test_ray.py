@@ -294,6 +294,21 @@ CLUSTER_DRIVER = textwrap.dedent("""
 """)
 
 
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (Ray workers lead their own process groups)."""
+    import os
+    import signal
+
+    import psutil
+
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid:
+                p.send_signal(signal.SIGKILL)
+        except (OSError, psutil.Error):
+            pass
+
+
 def test_node_removed_mid_run_on_a_two_node_cluster(data, tmp_path, capsys):
     """Ray's own testing cluster, two nodes in this machine: the worker node is removed (killed)
     after the first chunk is written; the driver learns the node is dead, the chunks its worker
@@ -304,7 +319,6 @@ def test_node_removed_mid_run_on_a_two_node_cluster(data, tmp_path, capsys):
     or this module's other Ray instance; a run that hangs is killed with its whole cluster."""
     import json
     import os
-    import signal
     import subprocess
 
     assert _run(_ism(data, tmp_path / "local.h5"), capsys)[0] == 0
@@ -318,7 +332,7 @@ def test_node_removed_mid_run_on_a_two_node_cluster(data, tmp_path, capsys):
     try:
         out, err = proc.communicate(timeout=100)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its whole cluster
+        _kill_session(proc.pid)  # the driver and its whole cluster
         out, err = proc.communicate()
         pytest.fail(f"the run did not finish in 100 s:\n{err[-3000:]}")
     assert proc.returncode == 0, err[-3000:]
