@@ -7,7 +7,14 @@ Design (issue "Past one machine"):
   use, the incremental plan (cached in the actor's process, reused for every chunk), and scores
   chunks of regions. It reads the FASTA itself (the cluster shares a filesystem), so the driver
   ships only region indices and receives (indices, one-hot indices, scores) back. GPU actors
-  (``num_gpus=1``) when the cluster has GPUs.
+  (``num_gpus=1``) when the cluster has GPUs. An ISM actor imports torch.export's tracer when it
+  starts (~2 s of one CPU, measured: it was most of an actor's first chunk), so the run's start-up,
+  not its first chunks, carries it; the capture itself stays in the actor's first chunk.
+* **Two chunks in flight per actor**: the next chunk is queued on the actor before the current one
+  returns, so an actor does not wait while the driver receives, writes and submits. The driver
+  blocks in ``ray.wait(num_returns=1)``; it keeps a per-chunk trace (``RayRunner.trace``: submit,
+  scoring start and end and CPU time in the actor, result ready, written) that
+  ``benchmarks/bench_scale.py`` turns into a profile.
 * **One results file, nothing lost.** The driver is the only writer: each finished chunk is
   written (and flushed) by :class:`basewise.results.ResultsWriter` as it arrives, in any order.
   Actors are created with ``max_restarts=-1, max_task_retries=-1``: a worker killed at any moment
@@ -54,6 +61,7 @@ from .runs import RegionJob, RunError
 __all__ = ["RayRunner", "start_local_ray"]
 
 _IN_FLIGHT = 2  # chunks queued per actor: one computing, one waiting (hides the round trip)
+_last_run: Optional[tuple] = None  # (trace, stats) of the latest RayRunner.run in this process (benchmarks)
 
 
 def _import_ray():
@@ -170,10 +178,20 @@ class _Worker:
         else:
             kw["device"] = "cuda" if gpu else "cpu"
         self.job = dataclasses.replace(job, score_kwargs=kw).prepare()
+        if job.kind == "ism" and kw.get("engine", "auto") != "full":
+            # a process's first incremental ISM call imports torch.export's tracer (torch._dynamo,
+            # sympy: ~2 s of one CPU); pay it here, with the model load, not in the first chunk
+            with contextlib.suppress(Exception):
+                import torch.export._trace  # noqa: F401
 
     def score(self, idx: np.ndarray):
-        """(this actor's node, the chunk's scores): the driver learns where each actor runs now."""
-        return self.node(), self.job.score(idx)
+        """(this actor's node, the chunk's scores, (start, end, CPU s) of the scoring here): the
+        driver learns where each actor runs now, and records where a chunk's time went."""
+        import time
+
+        t0, c0 = time.time(), time.process_time()
+        result = self.job.score(idx)
+        return self.node(), result, (t0, time.time(), time.process_time() - c0)
 
     def node(self) -> str:
         import ray
@@ -254,6 +272,11 @@ class RayRunner:
 
         Whichever copy of a chunk finishes first is written; the others are ignored. When no actor
         has been available for ``10 x stall_s``, the run stops (the file keeps every written chunk).
+
+        Afterwards ``self.trace`` holds one record per written chunk (wall-clock ``time.time()``
+        stamps: ``sent``, ``start`` and ``end`` of the scoring in the actor, its ``cpu`` seconds,
+        ``ready`` at the driver, ``got``, ``written``) and ``self.run_stats`` the run's wall time,
+        the driver's CPU seconds and its time in ``ray.wait``.
         """
         import time
 
@@ -273,12 +296,21 @@ class RayRunner:
         node_of = dict(getattr(self, "nodes", {}))  # actor -> the node it last answered from
         last_check = time.monotonic()
         none_since: Optional[float] = None
+        # where the time goes (benchmarks/bench_scale.py): one record per written chunk, wall clock
+        sent: Dict[Any, float] = {}
+        actor_no = {id(a): i for i, a in enumerate(self.actors)}
+        self.trace: List[Dict[str, float]] = []
+        self.run_stats: Dict[str, float] = {}
+        wait_s = 0.0
+        t_run, cpu_run = time.time(), time.process_time()
 
         def available() -> List[Any]:
             return [a for a in alive if id(a) not in lost]
 
         def submit(k: int, a: Any) -> None:
-            pending[a.score.remote(chunks[k])] = (k, a, time.monotonic())
+            f = a.score.remote(chunks[k])
+            pending[f] = (k, a, time.monotonic())
+            sent[f] = time.time()
             load[id(a)] += 1
             copies[k] += 1
 
@@ -309,7 +341,10 @@ class RayRunner:
                                f"command again to resume")
             median = float(np.median(durations)) if durations else 0.0
             stall = max(self.stall_s, 5 * median)
+            tw = time.time()
             ready, _ = ray.wait(list(pending) + list(probes), num_returns=1, timeout=min(1.0, stall))
+            t_ready = time.time()
+            wait_s += t_ready - tw
             if not ready:
                 now = time.monotonic()
                 check_s = max(2.0, 2 * median)
@@ -347,10 +382,11 @@ class RayRunner:
                             alive.remove(a)
                     continue
                 k, a, t0 = pending.pop(f)
+                t_sent = sent.pop(f, t_ready)
                 moved.discard(f)
                 load[id(a)] -= 1
                 try:
-                    node, (idx, indices, scores) = ray.get(f)
+                    node, (idx, indices, scores), (t_start, t_end, cpu) = ray.get(f)
                 except ray.exceptions.RayTaskError as e:  # the scoring itself raised: a user error
                     cause = e.as_instanceof_cause() if hasattr(e, "as_instanceof_cause") else e
                     if isinstance(cause, (ValueError, NotImplementedError, IndexError)):
@@ -375,7 +411,15 @@ class RayRunner:
                     continue
                 durations.append(time.monotonic() - t0)
                 done.add(k)
+                t_got = time.time()
                 write(idx, indices, scores)
+                self.trace.append(dict(chunk=k, regions=len(idx), actor=actor_no.get(id(a), -1), sent=t_sent,
+                                       start=t_start, end=t_end, cpu=cpu, ready=t_ready, got=t_got,
+                                       written=time.time()))
+        self.run_stats = dict(wall_s=time.time() - t_run, driver_cpu_s=time.process_time() - cpu_run,
+                              wait_s=wait_s, t0=t_run, workers=self.n_workers)
+        global _last_run
+        _last_run = (self.trace, self.run_stats)
         for f in list(pending) + list(probes):  # copies still running or waiting for a lost actor
             with contextlib.suppress(Exception):
                 ray.cancel(f)
