@@ -246,7 +246,7 @@ def _cmd_demo(args) -> int:
 # ---------------------------------------------------------------------------------------------
 # parser
 # ---------------------------------------------------------------------------------------------
-def _add_inputs(p: argparse.ArgumentParser, ray: bool = True) -> None:
+def _add_inputs(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sequences (one of)")
     g.add_argument("--fasta", metavar="FILE", help="FASTA file of equally long sequences")
     g.add_argument("--bed", metavar="FILE", help="BED file of intervals (0-based; strand column 6 honoured)")
@@ -274,9 +274,6 @@ def _add_inputs(p: argparse.ArgumentParser, ray: bool = True) -> None:
                    help="no progress bar, messages or warnings (a NaN count and the final line still print)")
     p.add_argument("-y", "--yes", action="store_true",
                    help="write the results even when they are estimated over 100 GB uncompressed")
-    if ray:
-        _add_ray(p)
-    _add_transform(p, ray)
 
 
 def _add_ray(p: argparse.ArgumentParser) -> None:
@@ -290,9 +287,7 @@ def _add_ray(p: argparse.ArgumentParser) -> None:
                    help="torch threads per worker (default 2 on CPU workers; CPUs per GPU, at most 8, on GPU workers)")
 
 
-def _add_transform(p: argparse.ArgumentParser, enabled: bool) -> None:
-    if not enabled:
-        return
+def _add_transform(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("prediction transform (like gReLU's Aggregate)")
     t.add_argument("--tasks", metavar="LIST", help="output tasks to keep, e.g. 0,3,5:8 (names for .ckpt models)")
     t.add_argument("--except-tasks", metavar="LIST", help="output tasks to drop")
@@ -370,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Saturation in-silico mutagenesis (basewise.ISM_predict) of every region; "
                          "scores (N, P, 4, T, L_out) go to an HDF5 file, chunk by chunk.")
     _add_inputs(ism)
+    _add_ray(ism)
+    _add_transform(ism)
     ism.add_argument("--start-pos", type=_nonnegative, default=0, help="first mutated position (default 0)")
     ism.add_argument("--end-pos", type=_positive, default=None, help="end of the mutated range (default: length)")
     ism.add_argument("--compare", choices=["subtract", "divide", "log2FC"], default=None,
@@ -389,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Attributions (basewise.get_attributions) of every region; scores (N, 4, L) "
                          "go to an HDF5 file, chunk by chunk.")
     _add_inputs(att)
+    _add_ray(att)
+    _add_transform(att)
     att.add_argument("--method", choices=["deepshap", "saliency", "inputxgradient", "integratedgradients"],
                      default="deepshap", help="attribution method (default deepshap)")
     att.add_argument("--hypothetical", action="store_true", help="deepshap: hypothetical scores (for TF-MoDISco)")
@@ -409,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(N, blocks, heads, L', L') go to an HDF5 file, chunk by chunk. They are large: see "
                           "--blocks, --average-heads and --dtype float16.",
                           epilog=_EXAMPLES["attention"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_inputs(attn, ray=False)
+    _add_inputs(attn)  # no Ray, no prediction transform
     attn.set_defaults(chunk_size=16)
     attn.add_argument("--blocks", metavar="LIST", help="attention blocks to keep, e.g. -1 or 0,3 (default: all)")
     attn.add_argument("--average-heads", action="store_true", help="average the maps over heads")

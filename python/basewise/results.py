@@ -71,6 +71,7 @@ KINDS = ("ism", "attribution", "attention")
 SCORE_AXES = {"ism": "region,position,base,task,bin", "attribution": "region,base,position",
               "attention": "region,block,head,query,key"}
 REGION_COLUMNS = ("name", "chrom", "start", "end", "strand")
+SKIPPED_TEXT, SKIPPED_INT = ("name", "chrom", "reason"), ("line", "start", "end")  # /skipped columns
 _CHUNK_BYTES = 1 << 20  # target size of one HDF5 chunk of /scores
 
 
@@ -247,9 +248,9 @@ class ResultsWriter:
         f.create_dataset("done", data=np.zeros(self.n, np.uint8))
         if self.skipped:
             sk = f.create_group("skipped")
-            for col in ("name", "chrom", "reason"):
+            for col in SKIPPED_TEXT:
                 sk.create_dataset(col, data=[str(r[col]) for r in self.skipped], dtype=text)
-            for col in ("line", "start", "end"):
+            for col in SKIPPED_INT:
                 sk.create_dataset(col, data=np.array([int(r[col]) for r in self.skipped], np.int64))
         rows = min(self.n, max(1, min(self.chunk_regions, _CHUNK_BYTES // self.seq_len)))
         f.create_dataset(
@@ -413,10 +414,10 @@ class Results:
         self.info = json.loads(self._f.attrs.get("info", "{}"))
         self.regions = _read_regions(self._f["regions"])
         self.done = self._f["done"][()].astype(bool)
+        sk = self._f["skipped"] if "skipped" in self._f else None
         self.skipped = pd.DataFrame(
-            {c: (_strings(self._f["skipped"][c]) if c in ("name", "chrom", "reason") else self._f["skipped"][c][()])
-             for c in ("line", "name", "chrom", "start", "end", "reason")}
-            if "skipped" in self._f else {c: [] for c in ("line", "name", "chrom", "start", "end", "reason")})
+            {c: [] if sk is None else _strings(sk[c]) if c in SKIPPED_TEXT else sk[c][()]
+             for c in ("line", "name", "chrom", "start", "end", "reason")})
         self.sequences = self._f["sequences"]
         self.scores = self._f["scores"] if "scores" in self._f else None
 

@@ -36,6 +36,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 import signal
 import sys
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -150,7 +151,7 @@ class _Regions:
         return replaced
 
 
-_IUPAC_RE = __import__("re").compile("[^ACGTN]")
+_IUPAC_RE = re.compile("[^ACGTN]")  # a letter other than A, C, G, T, N (upper case)
 
 
 def _open_fasta(path: str, option: str, check_index: bool = True):
@@ -727,8 +728,6 @@ def _task_list(model: Any) -> str:
 
 def _blame(e: BaseException, job: RegionJob, seq: List[str]) -> str:
     """One line naming the option a probe failure comes from (not always the model)."""
-    import re
-
     msg = _first_line(e)
     name = job.regions.table["name"].iloc[0]
     if msg.startswith("devices:") or msg.startswith("device:"):
